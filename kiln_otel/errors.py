@@ -1,0 +1,98 @@
+"""Every exception kiln-otel raises or hands back.
+
+::
+
+    Exception
+     ├── KilnRunError               a traced run failed; wraps the app's own exception (.original)
+     └── KilnOtelError              kiln-otel itself could not do what was asked
+          └── ReconstructionError   telemetry could not be turned back into a trace
+               ├── TraceNotFoundError      no kiln-otel run with that trace id in the source
+               ├── AmbiguousTraceError     several runs match: pass trace_id (or span_id)
+               ├── NotKilnTelemetryError   the spans hold no kiln-otel run at all
+               └── MalformedTelemetryError the source is not OTLP / Jaeger data we can read
+
+`KilnRunError` keeps Kiln's shape (``KilnRunError(message, partial_trace, original)``) so Kiln's
+adapter and UI take it unchanged. kiln-otel never raises anything into a running app except that:
+its own failures while recording are logged and swallowed (see ``kiln_otel._guard``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kiln_otel.payload import ErrorWithTrace
+
+__all__ = [
+    "AmbiguousTraceError",
+    "KilnOtelError",
+    "KilnRunError",
+    "MalformedTelemetryError",
+    "NotKilnTelemetryError",
+    "ReconstructionError",
+    "TraceNotFoundError",
+]
+
+
+class KilnRunError(Exception):
+    """A run failed. ``str(err)`` is safe to show a user; ``.original`` is the real exception.
+
+    Retry logic must look at ``.original`` (Kiln's eval runner once never retried because a wrapper hid
+    the litellm type), so it is always the very object that was raised, never a copy.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        partial_trace: Sequence[Any] | None,
+        original: BaseException,
+        *,
+        trace_id: str | None = None,
+        span_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.partial_trace = partial_trace
+        self.original = original
+        self.trace_id = trace_id
+        self.span_id = span_id
+
+    @property
+    def error_type(self) -> str:
+        return type(self.original).__name__
+
+    def to_error_with_trace(self, *, redact: Any = "default") -> ErrorWithTrace:
+        """The payload an app serves: Kiln's keys plus trace/span ids, the trace passed through redaction.
+
+        ``redact`` is a `kiln_otel.Redactor`, any ``str -> str`` callable, None to keep the trace as
+        recorded in-process, or ``"default"`` for the default redactor. It is applied so that what an
+        app sends equals what `reconstruct_error` rebuilds from the (redacted) exported telemetry.
+        """
+        from kiln_otel.payload import error_with_trace
+
+        return error_with_trace(self, redact=redact)
+
+
+class KilnOtelError(Exception):
+    """Base of the errors kiln-otel raises for its own reasons (never while recording a run)."""
+
+
+class ReconstructionError(KilnOtelError):
+    """Telemetry could not be turned back into a trace; the message says why and what to pass instead."""
+
+
+class TraceNotFoundError(ReconstructionError):
+    pass
+
+
+class AmbiguousTraceError(ReconstructionError):
+    pass
+
+
+class NotKilnTelemetryError(ReconstructionError):
+    pass
+
+
+class MalformedTelemetryError(ReconstructionError):
+    pass
