@@ -35,6 +35,9 @@ __all__ = [
 ]
 
 
+_RUN_REDACTION: Any = object()
+
+
 class KilnRunError(Exception):
     """A run failed. ``str(err)`` is safe to show a user; ``.original`` is the real exception.
 
@@ -57,21 +60,23 @@ class KilnRunError(Exception):
         self.original = original
         self.trace_id = trace_id
         self.span_id = span_id
+        self.redact: Any = "default"
+        """The redaction the run used; `to_error_with_trace` applies the same one by default."""
 
     @property
     def error_type(self) -> str:
         return type(self.original).__name__
 
-    def to_error_with_trace(self, *, redact: Any = "default") -> ErrorWithTrace:
+    def to_error_with_trace(self, *, redact: Any = _RUN_REDACTION) -> ErrorWithTrace:
         """The payload an app serves: Kiln's keys plus trace/span ids, the trace passed through redaction.
 
-        ``redact`` is a `kiln_otel.Redactor`, any ``str -> str`` callable, None to keep the trace as
-        recorded in-process, or ``"default"`` for the default redactor. It is applied so that what an
-        app sends equals what `reconstruct_error` rebuilds from the (redacted) exported telemetry.
+        By default the trace is redacted exactly as the run redacted its events, so what an app sends
+        equals what `reconstruct_error` rebuilds from the exported telemetry. ``redact`` overrides it:
+        a `kiln_otel.Redactor`, a ``str -> str`` callable, ``"default"``, or None for no redaction.
         """
         from kiln_otel.payload import error_with_trace
 
-        return error_with_trace(self, redact=redact)
+        return error_with_trace(self, redact=self.redact if redact is _RUN_REDACTION else redact)
 
 
 class KilnOtelError(Exception):

@@ -1,0 +1,105 @@
+"""Settings for a traced run: argument > environment variable > default, resolved once per run.
+
+Every environment variable is a documented constant here; a value that does not parse is warned about
+(once) and the default is used, as the OpenTelemetry SDK does: a typo in an env var must not stop an app.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from kiln_otel._guard import logger
+from kiln_otel.redaction import RedactHook, RedactSetting, resolve_redactor
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "DEFAULT_MAX_SPAN_BYTES",
+    "ENV_CAPTURE_CONTENT",
+    "ENV_MAX_MESSAGE_BYTES",
+    "ENV_MAX_SPAN_BYTES",
+    "Settings",
+    "resolve_settings",
+]
+
+ENV_CAPTURE_CONTENT = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+"""The GenAI instrumentations' switch. Unlike them kiln-otel defaults to capturing: content is its purpose."""
+ENV_MAX_MESSAGE_BYTES = "KILN_OTEL_MAX_MESSAGE_BYTES"
+ENV_MAX_SPAN_BYTES = "KILN_OTEL_MAX_SPAN_BYTES"
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024
+"""Above this a message's JSON is cut (kept valid, marked): one tool result cannot flood a span."""
+DEFAULT_MAX_SPAN_BYTES = 512 * 1024
+"""Message bytes per span before a new segment span opens: keeps each span far below OTLP/gRPC's 4 MiB."""
+MIN_BUDGET_BYTES = 1024
+
+_CAPTURE_VALUES = {
+    "true": True,
+    "span_only": True,
+    "event_only": True,
+    "span_and_event": True,
+    "false": False,
+    "no_content": False,
+}
+
+_warned: set[str] = set()
+
+
+@dataclass(frozen=True)
+class Settings:
+    capture_content: bool = True
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_span_bytes: int = DEFAULT_MAX_SPAN_BYTES
+    redact: RedactHook | None = None
+
+
+def _warn_once(name: str, value: str, default: object) -> None:
+    if name not in _warned:
+        _warned.add(name)
+        logger.warning("kiln-otel: ignoring %s=%r (not understood); using %r", name, value, default)
+
+
+def _capture_from_env() -> bool:
+    raw = os.environ.get(ENV_CAPTURE_CONTENT, "").strip()
+    if not raw:
+        return True
+    value = _CAPTURE_VALUES.get(raw.lower())
+    if value is None:
+        _warn_once(ENV_CAPTURE_CONTENT, raw, True)
+        return True
+    return value
+
+
+def _bytes_from_env(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < MIN_BUDGET_BYTES:
+        _warn_once(name, raw, default)
+        return default
+    return value
+
+
+def resolve_settings(
+    *,
+    capture_content: bool | None = None,
+    max_message_bytes: int | None = None,
+    max_span_bytes: int | None = None,
+    redact: RedactSetting = "default",
+) -> Settings:
+    """The one place precedence is decided, so every entry point (run, litellm, CLI) agrees."""
+    for name, budget in (("max_message_bytes", max_message_bytes), ("max_span_bytes", max_span_bytes)):
+        if budget is not None and budget < MIN_BUDGET_BYTES:
+            raise ValueError(f"{name} must be at least {MIN_BUDGET_BYTES} bytes, got {budget}")
+    message_bytes = max_message_bytes or _bytes_from_env(ENV_MAX_MESSAGE_BYTES, DEFAULT_MAX_MESSAGE_BYTES)
+    span_bytes = max_span_bytes or _bytes_from_env(ENV_MAX_SPAN_BYTES, DEFAULT_MAX_SPAN_BYTES)
+    return Settings(
+        capture_content=_capture_from_env() if capture_content is None else capture_content,
+        max_message_bytes=message_bytes,
+        max_span_bytes=max(span_bytes, message_bytes),
+        redact=resolve_redactor(redact),
+    )

@@ -1,0 +1,253 @@
+"""Pure conversions between a message and its span-event attributes, in both directions.
+
+Everything that decides what a message looks like on the wire is here, and nothing here touches a
+span: the recorder decides where events go, this module decides what they say. Keeping the two apart
+is what will let a log-record mode (OTEP 4430) reuse the same encoding later.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import pydantic_core
+
+from kiln_otel import wire
+from kiln_otel.config import Settings
+
+__all__ = [
+    "EncodedMessage",
+    "approximate_json",
+    "encode_message",
+    "message_from_event",
+    "message_role",
+    "serialize",
+    "to_jsonable",
+    "truncate_json",
+]
+
+_MAX_DEPTH = 64
+_SURROGATES = re.compile("[\ud800-\udfff]")
+_TRUNCATION_SUFFIX = "…[truncated]"
+
+EncodedMessage = tuple[str, dict[str, Any], int]
+"""(event name, event attributes, bytes counted against the span budget)."""
+
+
+def _field(message: Any, key: str) -> Any:
+    """Messages arrive as dicts or as litellm's pydantic ``Message`` objects; read both the same way."""
+    if isinstance(message, Mapping):
+        return message.get(key)
+    return getattr(message, key, None)
+
+
+def message_role(message: Any) -> str | None:
+    role = _field(message, "role")
+    return role if isinstance(role, str) else None
+
+
+def serialize(message: Any) -> tuple[bytes, bool]:
+    """UTF-8 JSON of the message and whether it had to be approximated (the lossy flag).
+
+    pydantic_core is about four times faster than ``json.dumps`` and handles pydantic models,
+    datetimes and sets; only what it refuses (cycles, lone surrogates, arbitrary objects) takes the
+    slow path.
+    """
+    try:
+        return pydantic_core.to_json(message, inf_nan_mode="constants"), False
+    except Exception:
+        return approximate_json(message).encode(), True
+
+
+def approximate_json(value: Any) -> str:
+    """Best-effort JSON for anything: cycles, unknown objects and bad unicode become readable text."""
+    return json.dumps(_approximate(value, (), 0), ensure_ascii=False, allow_nan=True)
+
+
+def _approximate(value: Any, path: tuple[int, ...], depth: int) -> Any:
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, str):
+        return _SURROGATES.sub("\ufffd", value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    if id(value) in path:
+        return "[cycle]"
+    if depth >= _MAX_DEPTH:
+        return "[too deep]"
+    inner = (*path, id(value))
+    if isinstance(value, Mapping):
+        return {_approximate_key(k): _approximate(v, inner, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_approximate(v, inner, depth + 1) for v in value]
+    return _approximate_object(value, inner, depth)
+
+
+def _approximate_key(key: Any) -> str:
+    text = key if isinstance(key, str) else _safe_repr(key)
+    return str(_SURROGATES.sub("\ufffd", text))
+
+
+def _approximate_object(value: Any, path: tuple[int, ...], depth: int) -> Any:
+    try:
+        plain = pydantic_core.to_jsonable_python(value)
+    except Exception:
+        return _safe_repr(value)
+    if plain is value:
+        return _safe_repr(value)
+    return _approximate(plain, path, depth + 1)
+
+
+def _safe_repr(value: Any) -> str:
+    try:
+        return _SURROGATES.sub("\ufffd", repr(value))
+    except Exception:
+        return f"<unrepresentable {type(value).__name__}>"
+
+
+def to_jsonable(message: Any) -> Any:
+    """The message as plain JSON data, exactly as it would be rebuilt from its event."""
+    raw, _ = serialize(message)
+    return json.loads(raw)
+
+
+def truncate_json(text: str, budget: int) -> str:
+    """Shrink JSON text under ``budget`` UTF-8 bytes by cutting its longest strings; stays valid JSON.
+
+    Cutting strings (not the text) keeps the message's shape: role, ids and keys survive, so a
+    truncated tool result still reads as a tool result. Binary search on the longest kept string.
+    """
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = text
+    low, high = 0, _longest_string(value)
+    best = None
+    while low <= high:
+        mid = (low + high) // 2
+        candidate = json.dumps(_cut_strings(value, mid), ensure_ascii=False, allow_nan=True)
+        if len(candidate.encode()) <= budget:
+            best, low = candidate, mid + 1
+        else:
+            high = mid - 1
+    if best is not None:
+        return best
+    # Even empty strings do not fit: the structure itself is too large. Keep a readable head.
+    head = text.encode()[: max(budget // 2, 0)].decode("utf-8", "ignore")
+    return json.dumps(head + _TRUNCATION_SUFFIX, ensure_ascii=False)
+
+
+def _longest_string(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return max((_longest_string(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return max((_longest_string(v) for v in value), default=0)
+    return 0
+
+
+def _cut_strings(value: Any, limit: int) -> Any:
+    if isinstance(value, str):
+        return value if len(value) <= limit else value[:limit] + _TRUNCATION_SUFFIX
+    if isinstance(value, dict):
+        return {k: _cut_strings(v, limit) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cut_strings(v, limit) for v in value]
+    return value
+
+
+def _tool_call_attributes(message: Any, role: str | None, attributes: dict[str, Any]) -> None:
+    if role == "tool":
+        call_id = _field(message, "tool_call_id")
+        if isinstance(call_id, str):
+            attributes[wire.ATTR_GEN_AI_TOOL_CALL_ID] = call_id
+        name = _field(message, "name")
+        if isinstance(name, str):
+            attributes[wire.ATTR_GEN_AI_TOOL_NAME] = name
+        return
+    calls = _field(message, "tool_calls")
+    if not calls or not isinstance(calls, (list, tuple)):
+        return
+    ids, names = [], []
+    for call in calls:
+        ids.append(str(_field(call, "id") or ""))
+        names.append(str(_field(_field(call, "function"), "name") or ""))
+    attributes[wire.ATTR_MESSAGE_TOOL_CALL_IDS] = tuple(ids)
+    attributes[wire.ATTR_MESSAGE_TOOL_NAMES] = tuple(names)
+
+
+def encode_message(message: Any, index: int, settings: Settings) -> EncodedMessage:
+    """The event for one inserted message: structure always, content when capture is on."""
+    role = message_role(message)
+    attributes: dict[str, Any] = {wire.ATTR_MESSAGE_INDEX: index}
+    if role is not None and role not in wire.KNOWN_ROLES:
+        attributes[wire.ATTR_MESSAGE_ROLE] = role
+    _tool_call_attributes(message, role, attributes)
+    raw, lossy = serialize(message)
+    if lossy:
+        attributes[wire.ATTR_MESSAGE_LOSSY] = True
+    if not settings.capture_content:
+        attributes[wire.ATTR_MESSAGE_CAPTURED] = False
+        attributes[wire.ATTR_MESSAGE_SIZE] = len(raw)
+        return wire.message_event_name(role or ""), attributes, 64
+    text = raw.decode()
+    if settings.redact is not None:
+        text = settings.redact(text)
+    size = len(text) if text.isascii() else len(text.encode())
+    if size > settings.max_message_bytes:
+        text = truncate_json(text, settings.max_message_bytes)
+        attributes[wire.ATTR_MESSAGE_TRUNCATED] = True
+        attributes[wire.ATTR_MESSAGE_SIZE] = size
+    attributes[wire.ATTR_MESSAGE_JSON] = text
+    return wire.message_event_name(role or ""), attributes, min(size, settings.max_message_bytes)
+
+
+def _role_from_event(name: str, attributes: Mapping[str, Any]) -> str | None:
+    role = attributes.get(wire.ATTR_MESSAGE_ROLE)
+    if isinstance(role, str):
+        return role
+    prefix = wire.EVENT_MESSAGE_PREFIX + "."
+    return name[len(prefix) :] if name.startswith(prefix) else None
+
+
+def _skeleton(role: str | None, attributes: Mapping[str, Any]) -> dict[str, Any]:
+    """What a message without captured content still says: who spoke, and which tools were involved."""
+    message: dict[str, Any] = {"role": role, "content": wire.NOT_CAPTURED}
+    call_id = attributes.get(wire.ATTR_GEN_AI_TOOL_CALL_ID)
+    if call_id is not None:
+        message["tool_call_id"] = call_id
+    ids = list(attributes.get(wire.ATTR_MESSAGE_TOOL_CALL_IDS) or ())
+    names = list(attributes.get(wire.ATTR_MESSAGE_TOOL_NAMES) or ())
+    if ids:
+        message["tool_calls"] = [
+            {"id": i, "type": "function", "function": {"name": n, "arguments": wire.NOT_CAPTURED}}
+            for i, n in zip(ids, names)
+        ]
+    return message
+
+
+def message_from_event(name: str, attributes: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The message an event describes, and the marks saying how it differs from the original.
+
+    Marks (``truncated``/``original_size``, ``lossy``, ``captured``) are returned apart so the caller
+    decides whether to attach them; they are never silently dropped.
+    """
+    marks: dict[str, Any] = {}
+    if attributes.get(wire.ATTR_MESSAGE_TRUNCATED):
+        marks["truncated"] = True
+        marks["original_size"] = attributes.get(wire.ATTR_MESSAGE_SIZE)
+    if attributes.get(wire.ATTR_MESSAGE_LOSSY):
+        marks["lossy"] = True
+    text = attributes.get(wire.ATTR_MESSAGE_JSON)
+    if not isinstance(text, str):
+        marks["captured"] = False
+        marks["size"] = attributes.get(wire.ATTR_MESSAGE_SIZE)
+        return _skeleton(_role_from_event(name, attributes), attributes), marks
+    try:
+        return json.loads(text), marks
+    except ValueError:
+        marks["unparseable"] = True
+        return {"role": _role_from_event(name, attributes), "content": text}, marks

@@ -1,0 +1,70 @@
+"""`ErrorWithTrace`: the payload an app shows when a run fails, built in-process or from telemetry.
+
+Kiln's UI already renders ``{message, error_type, trace}`` (``trace`` null when nothing was recorded,
+never ``[]``); kiln-otel only adds fields (ids to link to the trace, whether the trace is whole), never
+renames one, so that UI keeps working. The trace holds plain JSON data in both cases, so the payload a
+caller got and the one rebuilt later from exported telemetry compare equal.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, field_validator
+
+from kiln_otel.encoding import serialize
+from kiln_otel.redaction import RedactHook, RedactSetting, resolve_redactor
+
+if TYPE_CHECKING:
+    from kiln_otel.errors import KilnRunError
+
+__all__ = ["ErrorWithTrace", "error_with_trace", "trace_as_json_data"]
+
+
+class ErrorWithTrace(BaseModel):
+    message: str
+    error_type: str
+    trace: list[Any] | None = None
+    trace_id: str | None = None
+    """Hex, as Jaeger and Grafana show it, so an app can link to the run."""
+    span_id: str | None = None
+    trace_complete: bool = True
+    """False when the trace was rebuilt from telemetry that lost something (truncated, not captured, gaps)."""
+
+    @field_validator("trace", mode="before")
+    @classmethod
+    def _plain_json_or_none(cls, trace: Any) -> Any:
+        if trace is None or not isinstance(trace, Sequence) or isinstance(trace, (str, bytes)):
+            return trace
+        return trace_as_json_data(trace) or None
+
+
+def _jsonable(message: Any, hook: RedactHook | None) -> Any:
+    raw, _ = serialize(message)
+    if hook is None:
+        return json.loads(raw)
+    return json.loads(hook(raw.decode()))
+
+
+def trace_as_json_data(trace: Sequence[Any], redact: RedactSetting = None) -> list[Any]:
+    """Messages (dicts, litellm ``Message`` objects, anything) as the JSON data their events carry."""
+    hook = resolve_redactor(redact)
+    return [_jsonable(message, hook) for message in trace]
+
+
+def error_with_trace(error: KilnRunError, *, redact: RedactSetting = "default") -> ErrorWithTrace:
+    trace = None
+    try:
+        if error.partial_trace:
+            trace = trace_as_json_data(error.partial_trace, redact)
+    except Exception:
+        trace = None
+    return ErrorWithTrace(
+        message=error.message,
+        error_type=error.error_type,
+        trace=trace,
+        trace_id=error.trace_id,
+        span_id=error.span_id,
+    )

@@ -1,0 +1,83 @@
+"""Masking secrets before anything leaves the process: span events, exception text, error payloads.
+
+Redaction works on text (a message's JSON, an exception's message) rather than on objects so that one
+hook covers every place kiln-otel writes, and so the fast path is a few substring checks: most
+messages hold no secret, and recording them must stay cheaper than ``json.dumps``.
+The default masks keep JSON valid: only the secret itself is replaced, never a quote or a brace.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+
+__all__ = ["DEFAULT_REPLACEMENT", "RedactHook", "Redactor", "resolve_redactor"]
+
+DEFAULT_REPLACEMENT = "[REDACTED]"
+
+RedactHook = Callable[[str], str]
+
+_SECRET_KEYS = (
+    r"api[_-]?key|x-api-key|authorization|proxy-authorization|access[_-]?token|client[_-]?secret|password"
+)
+# "api_key": "v" / 'api_key': 'v' / api_key="v" : keep the key and the quotes, mask what is between.
+_QUOTED_FIELD = re.compile(rf"""(?i)(["']?(?:{_SECRET_KEYS})["']?\s*[:=]\s*)(["'])((?:\\.|(?!\2)[^\\])*)\2""")
+# api_key=v (query strings, kwargs reprs, log lines)
+_BARE_FIELD = re.compile(rf"""(?i)(\b(?:{_SECRET_KEYS})=)([^\s&,;'"\\)\]}}]+)""")
+_BEARER = re.compile(r"(?i)(\b(?:bearer|basic)\s+)[A-Za-z0-9._~+/=\-]{8,}")
+_SK_KEY = re.compile(r"\bsk-[A-Za-z0-9_\-]{16,}")
+_TRIGGERS = ("key", "authorization", "bearer", "basic", "token", "secret", "password")
+
+
+class Redactor:
+    """The default redaction hook: masks API keys, bearer tokens and secret-named fields.
+
+    Extend it rather than replace it: ``patterns`` are extra regular expressions masked whole,
+    ``callback`` runs last on the already-masked text (for app-specific rules such as customer ids).
+    """
+
+    def __init__(
+        self,
+        *,
+        patterns: Iterable[str | re.Pattern[str]] = (),
+        callback: RedactHook | None = None,
+        replacement: str = DEFAULT_REPLACEMENT,
+    ) -> None:
+        self._extra = tuple(re.compile(p) if isinstance(p, str) else p for p in patterns)
+        self._callback = callback
+        self._replacement = replacement
+
+    def __repr__(self) -> str:
+        return f"Redactor(patterns={len(self._extra)}, callback={self._callback is not None})"
+
+    def __call__(self, text: str) -> str:
+        if "sk-" in text:
+            text = _SK_KEY.sub(self._replacement, text)
+        lowered = text.lower()
+        if any(trigger in lowered for trigger in _TRIGGERS):
+            text = self._mask_fields(text)
+        for pattern in self._extra:
+            text = pattern.sub(self._replacement, text)
+        if self._callback is not None:
+            text = self._callback(text)
+        return text
+
+    def _mask_fields(self, text: str) -> str:
+        masked = f"\\g<1>\\g<2>{self._replacement}\\g<2>"
+        text = _QUOTED_FIELD.sub(masked, text)
+        text = _BARE_FIELD.sub(f"\\g<1>{self._replacement}", text)
+        return _BEARER.sub(f"\\g<1>{self._replacement}", text)
+
+
+_DEFAULT = Redactor()
+
+RedactSetting = Redactor | RedactHook | None | str
+
+
+def resolve_redactor(redact: RedactSetting) -> RedactHook | None:
+    """Map the user's ``redact=`` argument to a hook: ``"default"`` is the default Redactor, None is off."""
+    if redact == "default":
+        return _DEFAULT
+    if redact is None or callable(redact):
+        return redact
+    raise TypeError(f"redact must be a Redactor, a str -> str callable, None or 'default'; got {redact!r}")
