@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# Build (or reuse) the real trace backends kiln-otel runs against, from the Go module proxy:
+#   otelcol-kiln  - the OpenTelemetry Collector distribution in backends/collector (the exact
+#                   components collector-config/otelcol.yaml uses)
+#   jaeger        - Jaeger v2 (github.com/jaegertracing/jaeger v1.76.0 == v2.13.0), backends/jaeger
+#
+# Usage:
+#   scripts/backends.sh build [collector|jaeger]  build what is missing; print the binary paths
+#   scripts/backends.sh paths [collector|jaeger]  print the paths, exit 1 if a binary is missing
+#   scripts/backends.sh run                       build, then run Jaeger + the collector in the
+#                                                 foreground with collector-config/ (Ctrl-C stops)
+#   scripts/backends.sh clean                     remove the binary cache
+#
+# Binaries are cached OUTSIDE the work tree, keyed by the build inputs:
+#   ${KILN_OTEL_BACKENDS_CACHE:-$HOME/.cache/kiln-otel/backends}/<name>-<sha256(go.mod go.sum main.go)>/<name>
+# `build` prints one path per line, the collector first, then Jaeger; progress goes to stderr.
+# It is idempotent and safe to run concurrently (one flock per binary; the binary is moved
+# into place atomically). Go's own module and build caches (GOMODCACHE, GOCACHE) are used as
+# configured, so a second machine state rebuilds quickly.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE="${KILN_OTEL_BACKENDS_CACHE:-${HOME:-/tmp}/.cache/kiln-otel/backends}"
+LOCK_TIMEOUT="${KILN_OTEL_BACKENDS_LOCK_TIMEOUT:-3600}"
+
+GO="${GO:-}"
+if [[ -z "$GO" ]]; then
+  GO="$(command -v go || true)"
+  [[ -n "$GO" ]] || GO=/usr/local/go/bin/go
+fi
+
+export GOFLAGS="${GOFLAGS:+$GOFLAGS }-mod=mod"
+export CGO_ENABLED="${CGO_ENABLED:-0}"
+
+log() { printf '[backends.sh] %s\n' "$*" >&2; }
+
+# name -> module directory, binary name, package to build
+module_dir() { echo "$ROOT/backends/$1"; }
+binary_name() { case "$1" in collector) echo otelcol-kiln ;; jaeger) echo jaeger ;; esac; }
+build_target() { case "$1" in collector) echo . ;; jaeger) echo github.com/jaegertracing/jaeger/cmd/jaeger ;; esac; }
+
+cache_key() {
+  local dir f
+  dir="$(module_dir "$1")"
+  for f in go.mod go.sum main.go; do
+    if [[ -f "$dir/$f" ]]; then
+      printf '%s\n' "$f"
+      cat "$dir/$f"
+    fi
+  done | sha256sum | cut -c1-64
+}
+
+binary_path() {
+  local name="$1"
+  echo "$CACHE/$name-$(cache_key "$name")/$(binary_name "$name")"
+}
+
+build_one() {
+  local name="$1" bin dir tmp lock start
+  bin="$(binary_path "$name")"
+  dir="$(dirname "$bin")"
+  if [[ -x "$bin" ]]; then
+    log "$name: cached $bin"
+    return 0
+  fi
+  command -v "$GO" >/dev/null || { log "no Go toolchain (set GO=/path/to/go)"; return 1; }
+  mkdir -p "$CACHE"
+  lock="$CACHE/$name.lock"
+  exec {fd}>"$lock"
+  log "$name: waiting for $lock (at most ${LOCK_TIMEOUT}s)"
+  flock -w "$LOCK_TIMEOUT" "$fd" || { log "$name: timed out waiting for $lock"; return 1; }
+  if [[ -x "$bin" ]]; then # built by a concurrent run while we waited
+    log "$name: cached $bin"
+    exec {fd}>&-
+    return 0
+  fi
+  mkdir -p "$dir"
+  tmp="$dir/.$(binary_name "$name").tmp.$$"
+  start=$SECONDS
+  log "$name: building $(build_target "$name") with $("$GO" version) (minutes on a cold machine)"
+  if ! (cd "$(module_dir "$name")" &&
+    "$GO" build -trimpath -ldflags='-s -w' -o "$tmp" "$(build_target "$name")"); then
+    rm -f "$tmp"
+    exec {fd}>&-
+    log "$name: build failed"
+    return 1
+  fi
+  mv -f "$tmp" "$bin"
+  exec {fd}>&-
+  log "$name: built $bin in $((SECONDS - start))s"
+}
+
+names_from() {
+  if [[ $# -eq 0 ]]; then
+    echo collector jaeger
+    return
+  fi
+  local n
+  for n in "$@"; do
+    case "$n" in
+      collector | jaeger) echo "$n" ;;
+      *) log "unknown backend '$n' (collector|jaeger)"; exit 2 ;;
+    esac
+  done
+}
+
+cmd_build() {
+  local n
+  for n in $(names_from "$@"); do build_one "$n"; done
+  for n in $(names_from "$@"); do binary_path "$n"; done
+}
+
+cmd_paths() {
+  local n bin rc=0
+  for n in $(names_from "$@"); do
+    bin="$(binary_path "$n")"
+    echo "$bin"
+    [[ -x "$bin" ]] || { log "$n: not built ($bin)"; rc=1; }
+  done
+  return $rc
+}
+
+cmd_run() {
+  local col jae pids=()
+  { read -r col; read -r jae; } < <(cmd_build)
+  export KILN_OTEL_FILE_PATH="${KILN_OTEL_FILE_PATH:-$ROOT/kiln-otel-traces.jsonl}"
+  log "jaeger:    $jae --config $ROOT/collector-config/jaeger.yaml"
+  JAEGER_LISTEN_HOST="${JAEGER_LISTEN_HOST:-127.0.0.1}" \
+    "$jae" --config "$ROOT/collector-config/jaeger.yaml" &
+  pids+=($!)
+  log "collector: $col --config $ROOT/collector-config/otelcol.yaml (file output $KILN_OTEL_FILE_PATH)"
+  "$col" --config "$ROOT/collector-config/otelcol.yaml" &
+  pids+=($!)
+  trap 'kill "${pids[@]}" 2>/dev/null || true' INT TERM EXIT
+  wait -n "${pids[@]}" || true
+}
+
+case "${1:-}" in
+  build) shift; cmd_build "$@" ;;
+  paths) shift; cmd_paths "$@" ;;
+  run) shift; cmd_run "$@" ;;
+  clean) rm -rf "$CACHE" ;;
+  *)
+    sed -n '2,20p' "${BASH_SOURCE[0]}" >&2
+    exit 2
+    ;;
+esac
