@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from kiln_otel._guard import report_internal_error
 from kiln_otel.errors import KilnRunError
 from kiln_otel.redaction import RedactSetting, resolve_redactor
 
@@ -102,9 +103,10 @@ def _unredacted_message(exc: BaseException) -> str:
 
 def format_error_message(exc: BaseException, *, redact: RedactSetting = "default") -> str:
     """The user-facing message for a failed run; never raises, never shows an unredacted secret."""
+    hook = resolve_redactor(redact)
     try:
         message = _unredacted_message(exc)
-    except Exception:
+        return hook(message) if hook is not None else message
+    except Exception as internal:
+        report_internal_error("format_error_message", internal)
         return GENERIC_MESSAGE
-    hook = resolve_redactor(redact)
-    return hook(message) if hook is not None else message

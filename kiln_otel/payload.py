@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, field_validator
 
+from kiln_otel._guard import report_internal_error
 from kiln_otel.encoding import serialize
 from kiln_otel.redaction import RedactHook, RedactSetting, resolve_redactor
 
@@ -59,7 +60,8 @@ def error_with_trace(error: KilnRunError, *, redact: RedactSetting = "default") 
     try:
         if error.partial_trace:
             trace = trace_as_json_data(error.partial_trace, redact)
-    except Exception:
+    except Exception as exc:
+        report_internal_error("error_with_trace", exc)
         trace = None
     return ErrorWithTrace(
         message=error.message,
