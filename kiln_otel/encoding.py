@@ -32,13 +32,15 @@ _MAX_DEPTH = 64
 _SURROGATES = re.compile("[\ud800-\udfff]")
 _TRUNCATION_SUFFIX = "…[truncated]"
 
+_EVENT_NAMES = {role: wire.message_event_name(role) for role in wire.KNOWN_ROLES}
+
 EncodedMessage = tuple[str, dict[str, Any], int]
 """(event name, event attributes, bytes counted against the span budget)."""
 
 
 def _field(message: Any, key: str) -> Any:
     """Messages arrive as dicts or as litellm's pydantic ``Message`` objects; read both the same way."""
-    if isinstance(message, Mapping):
+    if type(message) is dict or isinstance(message, Mapping):
         return message.get(key)
     return getattr(message, key, None)
 
@@ -171,28 +173,33 @@ def _tool_call_attributes(message: Any, role: str | None, attributes: dict[str, 
     calls = _field(message, "tool_calls")
     if not calls or not isinstance(calls, (list, tuple)):
         return
-    ids, names = [], []
-    for call in calls:
-        ids.append(str(_field(call, "id") or ""))
-        names.append(str(_field(_field(call, "function"), "name") or ""))
-    attributes[wire.ATTR_MESSAGE_TOOL_CALL_IDS] = tuple(ids)
-    attributes[wire.ATTR_MESSAGE_TOOL_NAMES] = tuple(names)
+    attributes[wire.ATTR_MESSAGE_TOOL_CALL_IDS] = tuple([str(_field(call, "id") or "") for call in calls])
+    attributes[wire.ATTR_MESSAGE_TOOL_NAMES] = tuple([_tool_name(call) for call in calls])
+
+
+def _tool_name(call: Any) -> str:
+    function = call.get("function") if type(call) is dict else _field(call, "function")
+    return str(_field(function, "name") or "")
 
 
 def encode_message(message: Any, index: int, settings: Settings) -> EncodedMessage:
     """The event for one inserted message: structure always, content when capture is on."""
     role = message_role(message)
     attributes: dict[str, Any] = {wire.ATTR_MESSAGE_INDEX: index}
-    if role is not None and role not in wire.KNOWN_ROLES:
-        attributes[wire.ATTR_MESSAGE_ROLE] = role
-    _tool_call_attributes(message, role, attributes)
+    event_name = _EVENT_NAMES.get(role) if role is not None else None
+    if event_name is None:
+        event_name = wire.message_event_name(role or "")
+        if role is not None:
+            attributes[wire.ATTR_MESSAGE_ROLE] = role
+    if role == "tool" or role == "assistant":
+        _tool_call_attributes(message, role, attributes)
     raw, lossy = serialize(message)
     if lossy:
         attributes[wire.ATTR_MESSAGE_LOSSY] = True
     if not settings.capture_content:
         attributes[wire.ATTR_MESSAGE_CAPTURED] = False
         attributes[wire.ATTR_MESSAGE_SIZE] = len(raw)
-        return wire.message_event_name(role or ""), attributes, 64
+        return event_name, attributes, 64
     text = raw.decode()
     if settings.redact is not None:
         text = settings.redact(text)
@@ -202,7 +209,7 @@ def encode_message(message: Any, index: int, settings: Settings) -> EncodedMessa
         attributes[wire.ATTR_MESSAGE_TRUNCATED] = True
         attributes[wire.ATTR_MESSAGE_SIZE] = size
     attributes[wire.ATTR_MESSAGE_JSON] = text
-    return wire.message_event_name(role or ""), attributes, min(size, settings.max_message_bytes)
+    return event_name, attributes, min(size, settings.max_message_bytes)
 
 
 def _role_from_event(name: str, attributes: Mapping[str, Any]) -> str | None:

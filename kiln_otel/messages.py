@@ -68,7 +68,7 @@ class TracedMessages(list[Any]):
             list.append(self, item)
             return
         with recorder.lock:
-            recorder.inserted(len(self), (item,))
+            recorder.inserted_one(len(self), item)
             list.append(self, item)
 
     def extend(self, items: Iterable[Any]) -> None:

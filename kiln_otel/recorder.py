@@ -28,6 +28,9 @@ RUN_SPAN_RESERVED_EVENTS = 16
 _ASSUMED_MAX_EVENTS = 128
 _UNLIMITED_EVENTS_PER_SPAN = 10_000
 
+_TRUNCATED = wire.ATTR_MESSAGE_TRUNCATED
+_LOSSY = wire.ATTR_MESSAGE_LOSSY
+
 AddEvent = Callable[[Span, str, dict[str, Any]], None]
 
 
@@ -48,7 +51,7 @@ def _event_adder(span: Span) -> AddEvent:
         from opentelemetry.sdk.trace import Span as SdkSpan
     except ImportError:  # pragma: no cover - the SDK is a dependency
         return _public_add_event
-    if type(span) is not SdkSpan or not callable(getattr(span, "_add_event", None)):
+    if not isinstance(span, SdkSpan) or not callable(getattr(span, "_add_event", None)):
         return _public_add_event
     if getattr(getattr(span, "_limits", None), "max_attribute_length", None) is not None:
         return _public_add_event
@@ -89,12 +92,16 @@ class Recorder:
         return self._seq
 
     def inserted(self, index: int, items: Iterable[Any]) -> None:
+        for offset, item in enumerate(items):
+            self.inserted_one(index + offset, item)
+
+    def inserted_one(self, index: int, item: Any) -> None:
         try:
-            for offset, item in enumerate(items):
-                name, attributes, size = encode_message(item, index + offset, self.settings)
-                self.truncated += wire.ATTR_MESSAGE_TRUNCATED in attributes
-                self.lossy += wire.ATTR_MESSAGE_LOSSY in attributes
-                self._emit(name, attributes, size)
+            name, attributes, size = encode_message(item, index, self.settings)
+            if len(attributes) > 3:
+                self.truncated += _TRUNCATED in attributes
+                self.lossy += _LOSSY in attributes
+            self._emit(name, attributes, size)
         except Exception as exc:
             report_internal_error("Recorder.inserted", exc)
 
