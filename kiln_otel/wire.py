@@ -17,8 +17,29 @@ __all__ = [
     "ATTR_GEN_AI_CONVERSATION_ID",
     "ATTR_GEN_AI_OPERATION_NAME",
     "ATTR_GEN_AI_PROVIDER_NAME",
+    "ATTR_GEN_AI_REQUEST_CHOICE_COUNT",
+    "ATTR_GEN_AI_REQUEST_FREQUENCY_PENALTY",
+    "ATTR_GEN_AI_REQUEST_MAX_TOKENS",
+    "ATTR_GEN_AI_REQUEST_MODEL",
+    "ATTR_GEN_AI_REQUEST_PRESENCE_PENALTY",
+    "ATTR_GEN_AI_REQUEST_SEED",
+    "ATTR_GEN_AI_REQUEST_STOP_SEQUENCES",
+    "ATTR_GEN_AI_REQUEST_STREAM",
+    "ATTR_GEN_AI_REQUEST_TEMPERATURE",
+    "ATTR_GEN_AI_REQUEST_TOP_K",
+    "ATTR_GEN_AI_REQUEST_TOP_P",
+    "ATTR_GEN_AI_RESPONSE_FINISH_REASONS",
+    "ATTR_GEN_AI_RESPONSE_ID",
+    "ATTR_GEN_AI_RESPONSE_MODEL",
+    "ATTR_GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK",
+    "ATTR_GEN_AI_TOKEN_TYPE",
+    "ATTR_GEN_AI_TOOL_CALL_ARGUMENTS",
     "ATTR_GEN_AI_TOOL_CALL_ID",
+    "ATTR_GEN_AI_TOOL_CALL_RESULT",
     "ATTR_GEN_AI_TOOL_NAME",
+    "ATTR_GEN_AI_TOOL_TYPE",
+    "ATTR_GEN_AI_USAGE_INPUT_TOKENS",
+    "ATTR_GEN_AI_USAGE_OUTPUT_TOKENS",
     "ATTR_MESSAGES_COUNT",
     "ATTR_MESSAGES_LOSSY",
     "ATTR_MESSAGES_OPS",
@@ -37,18 +58,36 @@ __all__ = [
     "ATTR_SCHEMA_VERSION",
     "ATTR_SEGMENTS",
     "ATTR_SEGMENT_INDEX",
+    "ATTR_SERVER_ADDRESS",
+    "ATTR_SERVER_PORT",
+    "ATTR_STREAM_ABANDONED",
+    "ATTR_USAGE_ESTIMATED",
+    "DURATION_BUCKETS",
     "EVENT_EXCEPTION",
     "EVENT_MESSAGES_DELETE",
     "EVENT_MESSAGES_REORDER",
     "EVENT_MESSAGE_PREFIX",
     "KNOWN_ROLES",
     "MARKER_KEY",
+    "METRIC_OPERATION_DURATION",
+    "METRIC_TOKEN_USAGE",
     "NOT_CAPTURED",
+    "OPERATION_CHAT",
+    "OPERATION_EXECUTE_TOOL",
     "OPERATION_INVOKE_AGENT",
+    "PARTIAL_MESSAGE_KEY",
     "SCHEMA_VERSION",
     "SPAN_SEGMENT",
+    "TOKEN_TYPE_INPUT",
+    "TOKEN_TYPE_OUTPUT",
+    "TOKEN_USAGE_BUCKETS",
+    "TOOL_ERROR_KEY",
+    "TOOL_ERROR_MESSAGE_KEY",
+    "TOOL_TYPE_FUNCTION",
+    "chat_span_name",
     "message_event_name",
     "run_span_name",
+    "tool_span_name",
 ]
 
 SCHEMA_VERSION: Final = 1
@@ -115,6 +154,69 @@ MARKER_KEY: Final = "_kiln_otel"
 NOT_CAPTURED: Final = "[content not captured]"
 
 
+# --- The litellm integration: model-call and tool-call spans, GenAI metrics ---------------------
+# Span and attribute names below are GenAI semantic-convention names (v1.41, plus the incubating
+# ``gen_ai.request.stream`` and ``gen_ai.response.time_to_first_chunk``) except the ``kiln_otel.``
+# ones, which say what no convention covers yet.
+OPERATION_CHAT: Final = "chat"
+OPERATION_EXECUTE_TOOL: Final = "execute_tool"
+ATTR_GEN_AI_REQUEST_MODEL: Final = "gen_ai.request.model"
+ATTR_GEN_AI_REQUEST_TEMPERATURE: Final = "gen_ai.request.temperature"
+ATTR_GEN_AI_REQUEST_MAX_TOKENS: Final = "gen_ai.request.max_tokens"
+ATTR_GEN_AI_REQUEST_TOP_P: Final = "gen_ai.request.top_p"
+ATTR_GEN_AI_REQUEST_TOP_K: Final = "gen_ai.request.top_k"
+ATTR_GEN_AI_REQUEST_FREQUENCY_PENALTY: Final = "gen_ai.request.frequency_penalty"
+ATTR_GEN_AI_REQUEST_PRESENCE_PENALTY: Final = "gen_ai.request.presence_penalty"
+ATTR_GEN_AI_REQUEST_STOP_SEQUENCES: Final = "gen_ai.request.stop_sequences"
+ATTR_GEN_AI_REQUEST_SEED: Final = "gen_ai.request.seed"
+ATTR_GEN_AI_REQUEST_CHOICE_COUNT: Final = "gen_ai.request.choice.count"
+ATTR_GEN_AI_REQUEST_STREAM: Final = "gen_ai.request.stream"
+ATTR_GEN_AI_RESPONSE_ID: Final = "gen_ai.response.id"
+ATTR_GEN_AI_RESPONSE_MODEL: Final = "gen_ai.response.model"
+ATTR_GEN_AI_RESPONSE_FINISH_REASONS: Final = "gen_ai.response.finish_reasons"
+ATTR_GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK: Final = "gen_ai.response.time_to_first_chunk"
+"""Seconds from issuing a streamed request to receiving its first chunk."""
+ATTR_GEN_AI_USAGE_INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"
+ATTR_GEN_AI_USAGE_OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"
+ATTR_GEN_AI_TOOL_TYPE: Final = "gen_ai.tool.type"
+ATTR_GEN_AI_TOOL_CALL_ARGUMENTS: Final = "gen_ai.tool.call.arguments"
+"""Opt-in: only when the run captures content, and redacted."""
+ATTR_GEN_AI_TOOL_CALL_RESULT: Final = "gen_ai.tool.call.result"
+"""Opt-in: only when the run captures content, and redacted."""
+ATTR_GEN_AI_TOKEN_TYPE: Final = "gen_ai.token.type"
+ATTR_SERVER_ADDRESS: Final = "server.address"
+ATTR_SERVER_PORT: Final = "server.port"
+TOOL_TYPE_FUNCTION: Final = "function"
+TOKEN_TYPE_INPUT: Final = "input"
+TOKEN_TYPE_OUTPUT: Final = "output"
+
+ATTR_USAGE_ESTIMATED: Final = "kiln_otel.usage.estimated"
+"""True when the usage numbers are litellm's local tokenizer estimate, not the provider's count.
+
+litellm reports an estimate that looks exactly like real usage for a stream requested without
+``stream_options={"include_usage": True}``. Also set on the token-usage metric's data points.
+"""
+ATTR_STREAM_ABANDONED: Final = "kiln_otel.stream.abandoned"
+"""True on a chat span whose stream the caller closed or dropped before its end (status stays UNSET)."""
+
+METRIC_TOKEN_USAGE: Final = "gen_ai.client.token.usage"
+METRIC_OPERATION_DURATION: Final = "gen_ai.client.operation.duration"
+TOKEN_USAGE_BUCKETS: Final = (
+    1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
+)  # fmt: skip
+DURATION_BUCKETS: Final = (
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+)  # fmt: skip
+
+# Keys the litellm integration puts INSIDE messages (so they travel in the message JSON).
+PARTIAL_MESSAGE_KEY: Final = "kiln_otel_partial"
+"""``True`` on an assistant message assembled from a stream that failed part-way: what arrived."""
+TOOL_ERROR_KEY: Final = "is_error"
+"""Kiln's key: ``True`` on a tool message that reports a failed tool call instead of a result."""
+TOOL_ERROR_MESSAGE_KEY: Final = "error_message"
+"""Kiln's key: the (redacted) error text of a failed tool call."""
+
+
 def message_event_name(role: str) -> str:
     """Role in the name so a trace reader sees the conversation's shape without opening attributes."""
     return f"{EVENT_MESSAGE_PREFIX}.{role}" if role in KNOWN_ROLES else EVENT_MESSAGE_PREFIX
@@ -122,3 +224,11 @@ def message_event_name(role: str) -> str:
 
 def run_span_name(agent_name: str | None) -> str:
     return f"{OPERATION_INVOKE_AGENT} {agent_name}" if agent_name else OPERATION_INVOKE_AGENT
+
+
+def chat_span_name(model: str | None) -> str:
+    return f"{OPERATION_CHAT} {model}" if model else OPERATION_CHAT
+
+
+def tool_span_name(tool_name: str | None) -> str:
+    return f"{OPERATION_EXECUTE_TOOL} {tool_name}" if tool_name else OPERATION_EXECUTE_TOOL

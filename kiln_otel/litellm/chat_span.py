@@ -1,0 +1,251 @@
+"""One model call as a ``chat {model}`` CLIENT span, ended exactly once however the call ends.
+
+A call can end in four ways: an answer, an exception, the end of a stream, or a stream the caller
+walks away from. Each has one method here, and each is guarded: a failure in kiln-otel's own
+bookkeeping costs telemetry, never the app's call. litellm's callbacks are not used to decide any
+of this, because they fire late, twice, or not at all (see the litellm reference notes).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+import traceback
+from collections.abc import Iterator, Mapping, MutableSequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+from opentelemetry.metrics import MeterProvider
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
+from opentelemetry.util.types import AttributeValue
+
+from kiln_otel import wire
+from kiln_otel._guard import report_internal_error
+from kiln_otel.encoding import _field
+from kiln_otel.error_messages import safe_text
+from kiln_otel.litellm._lazy import require_litellm
+from kiln_otel.litellm.attributes import provider_name, request_attributes, response_attributes, usage_tokens
+from kiln_otel.litellm.metrics import ChatMetrics, chat_metrics
+from kiln_otel.redaction import RedactHook, resolve_redactor
+from kiln_otel.run import current_run, error_type_name
+from kiln_otel.version import __version__
+
+__all__ = [
+    "INSTRUMENTATION_SCOPE",
+    "LITELLM_PARENT_SPAN_KEY",
+    "ChatCall",
+    "Telemetry",
+    "assistant_message",
+    "inside_traced_call",
+    "record_failure",
+    "run_redaction",
+]
+
+INSTRUMENTATION_SCOPE = "kiln_otel.litellm"
+LITELLM_PARENT_SPAN_KEY = "litellm_parent_otel_span"
+"""litellm's metadata key: its callbacks (the "otel" logger) write here, not on the current span."""
+
+_in_call: ContextVar[bool] = ContextVar("kiln_otel_litellm_in_call", default=False)
+
+
+def inside_traced_call() -> bool:
+    """True while a traced call is calling litellm: an instrumented litellm must not trace it again."""
+    return _in_call.get()
+
+
+@dataclass(frozen=True)
+class Telemetry:
+    """Where a call's span and metrics go; None means the global providers, resolved at call time."""
+
+    tracer_provider: TracerProvider | None = None
+    meter_provider: MeterProvider | None = None
+
+
+def run_redaction() -> RedactHook | None:
+    """The current run's redaction (which may be off), else the default Redactor: never raw by accident."""
+    run = current_run()
+    return run.settings.redact if run is not None else resolve_redactor("default")
+
+
+def record_failure(span: Span, exc: BaseException, redact: RedactHook | None) -> None:
+    """ERROR status, ``error.type`` and an exception event, all redacted.
+
+    Not ``span.record_exception``: litellm's exception text and the stack's source lines can embed the
+    request (messages, api_base, sometimes a key), so every string goes through redaction first.
+    """
+    hook = redact or str
+    stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    message = hook(safe_text(exc))
+    span.add_event(
+        wire.EVENT_EXCEPTION,
+        {
+            "exception.type": error_type_name(exc),
+            "exception.message": message,
+            "exception.stacktrace": hook(stack),
+        },
+    )
+    span.set_attribute(wire.ATTR_ERROR_TYPE, error_type_name(exc))
+    span.set_status(Status(StatusCode.ERROR, message))
+
+
+def assistant_message(response: object) -> Any:
+    """The first choice's message: the one a conversation continues with (None if there is none)."""
+    choices = _field(response, "choices")
+    if not isinstance(choices, (list, tuple)) or not choices:
+        return None
+    return _field(choices[0], "message")
+
+
+@functools.cache
+def _known_providers() -> frozenset[str]:
+    return frozenset(str(getattr(p, "value", p)) for p in require_litellm().provider_list)
+
+
+class ChatCall:
+    """The span, metrics and outcome of one model call, shared by every entry point."""
+
+    def __init__(
+        self,
+        span: Span,
+        attributes: dict[str, AttributeValue],
+        metrics: ChatMetrics | None,
+        redact: RedactHook | None,
+    ) -> None:
+        self.span = span
+        self.attributes = attributes
+        self.redact = redact
+        self._metrics = metrics
+        self._started = time.perf_counter()
+        self._lock = threading.Lock()
+        self._ended = False
+
+    @classmethod
+    def inactive(cls) -> ChatCall:
+        """A call that records nothing (instrumentation suppressed, or our own setup failed)."""
+        return cls(trace.INVALID_SPAN, {}, None, None)
+
+    @classmethod
+    def start(cls, request: Mapping[str, Any], telemetry: Telemetry) -> ChatCall:
+        if not is_instrumentation_enabled():
+            return cls.inactive()
+        try:
+            attributes = request_attributes(request, _known_providers())
+            tracer = trace.get_tracer(INSTRUMENTATION_SCOPE, __version__, telemetry.tracer_provider)
+            name = wire.chat_span_name(str(attributes.get(wire.ATTR_GEN_AI_REQUEST_MODEL) or ""))
+            span = tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
+            return cls(span, attributes, chat_metrics(telemetry.meter_provider), run_redaction())
+        except Exception as exc:
+            report_internal_error("ChatCall.start", exc)
+            return cls.inactive()
+
+    @property
+    def recording(self) -> bool:
+        return self._metrics is not None
+
+    def litellm_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Point litellm's own callbacks at this span, so they never write onto the caller's (the run).
+
+        A parent span the caller already put in the metadata wins: they asked for it.
+        """
+        metadata = kwargs.get("metadata")
+        if not self.recording or not (metadata is None or isinstance(metadata, Mapping)):
+            return kwargs
+        if metadata is not None and LITELLM_PARENT_SPAN_KEY in metadata:
+            return kwargs
+        return {**kwargs, "metadata": {**(metadata or {}), LITELLM_PARENT_SPAN_KEY: self.span}}
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """The chat span as the current span while litellm runs, so HTTP client spans nest under it."""
+        token = otel_context.attach(trace.set_span_in_context(self.span))
+        flag = _in_call.set(True)
+        try:
+            yield
+        finally:
+            _in_call.reset(flag)
+            otel_context.detach(token)
+
+    # --- the four endings ---------------------------------------------------------------------
+    def answered(
+        self, response: Any, record_to: MutableSequence[Any] | None, *, estimated: bool = False
+    ) -> None:
+        """Append the answer to the caller's list (the app's behaviour, so outside the guard), then end."""
+        message = assistant_message(response)
+        if message is not None and record_to is not None:
+            record_to.append(message)
+        if self._claim_end():
+            self._guard("ChatCall.answered", self._record_answer, response, estimated)
+
+    def failed(self, exc: BaseException) -> None:
+        if self._claim_end():
+            self._guard("ChatCall.failed", self._record_failure, exc)
+
+    def abandoned(self) -> None:
+        """A stream closed or dropped before its end: not an error, so the status stays UNSET."""
+        if self._claim_end():
+            self._guard("ChatCall.abandoned", self._record_abandoned)
+
+    def first_chunk(self) -> None:
+        seconds = time.perf_counter() - self._started
+        self._guard(
+            "ChatCall.first_chunk",
+            self.span.set_attribute,
+            wire.ATTR_GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK,
+            seconds,
+        )
+
+    # --- recording ----------------------------------------------------------------------------
+    def _claim_end(self) -> bool:
+        """Exactly one ending wins, even when a stream's finalizer races its last ``next``."""
+        with self._lock:
+            if self._ended:
+                return False
+            self._ended = True
+            return True
+
+    def _guard(self, where: str, func: Any, *args: Any) -> None:
+        try:
+            func(*args)
+        except Exception as exc:
+            report_internal_error(where, exc)
+
+    def _update(self, attributes: Mapping[str, AttributeValue]) -> None:
+        self.attributes.update(attributes)
+        self.span.set_attributes(attributes)
+
+    def _learn_provider(self, litellm_provider: object) -> None:
+        """A bare model name (``gpt-4o``) only reveals its provider once litellm has routed it."""
+        if wire.ATTR_GEN_AI_PROVIDER_NAME not in self.attributes and isinstance(litellm_provider, str):
+            self._update({wire.ATTR_GEN_AI_PROVIDER_NAME: provider_name(litellm_provider)})
+
+    def _record_answer(self, response: Any, estimated: bool) -> None:
+        hidden = getattr(response, "_hidden_params", None)
+        if isinstance(hidden, Mapping):
+            self._learn_provider(hidden.get("custom_llm_provider"))
+        attributes = response_attributes(response)
+        if estimated and wire.ATTR_GEN_AI_USAGE_INPUT_TOKENS in attributes:
+            attributes[wire.ATTR_USAGE_ESTIMATED] = True
+        self._update(attributes)
+        if self._metrics is not None:
+            seconds = time.perf_counter() - self._started
+            self._metrics.record(self.attributes, seconds, tokens=usage_tokens(response), estimated=estimated)
+        self.span.end()
+
+    def _record_failure(self, exc: BaseException) -> None:
+        self._learn_provider(getattr(exc, "llm_provider", None))
+        record_failure(self.span, exc, self.redact)
+        if self._metrics is not None:
+            seconds = time.perf_counter() - self._started
+            self._metrics.record(self.attributes, seconds, error_type=error_type_name(exc))
+        self.span.end()
+
+    def _record_abandoned(self) -> None:
+        """No metrics: how long an abandoned stream stayed open says nothing about the provider."""
+        self.span.set_attribute(wire.ATTR_STREAM_ABANDONED, True)
+        self.span.end()
