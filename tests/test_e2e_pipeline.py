@@ -1,0 +1,143 @@
+"""End to end: a failing run exported over real OTLP, through the real Collector, into the real Jaeger.
+
+What the caller got in-process must come back, exactly, from Jaeger's v3 API, its legacy API and the
+collector's file output: the point of kiln-otel is that the telemetry alone is enough.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from kiln_otel import ErrorWithTrace, KilnRunError, reconstruct_error, traced_run
+from kiln_otel.sources import load_spans
+from tests.backends import Pipeline
+
+pytestmark = pytest.mark.backends
+
+T = TypeVar("T")
+
+
+def exporter_for(pipeline: Pipeline, protocol: str, timeout: float = 10) -> SpanExporter:
+    if protocol == "grpc":
+        return GrpcExporter(endpoint=pipeline.otlp_grpc_endpoint, insecure=True, timeout=timeout)
+    return HttpExporter(endpoint=f"{pipeline.otlp_http_endpoint}/v1/traces", timeout=timeout)
+
+
+class Telemetry:
+    """A provider exporting over OTLP, with an in-memory copy to know what was produced."""
+
+    def __init__(self, exporter: SpanExporter, **batch: Any) -> None:
+        self.memory = InMemorySpanExporter()
+        self.provider = TracerProvider()
+        self.provider.add_span_processor(BatchSpanProcessor(exporter, **batch))
+        self.provider.add_span_processor(SimpleSpanProcessor(self.memory))
+
+    def produced(self, trace_id: str) -> int:
+        return sum(1 for s in self.memory.get_finished_spans() if f"{s.context.trace_id:032x}" == trace_id)
+
+
+@pytest.fixture
+def telemetry_factory() -> Iterator[Callable[..., Telemetry]]:
+    made: list[Telemetry] = []
+
+    def make(exporter: SpanExporter, **batch: Any) -> Telemetry:
+        made.append(Telemetry(exporter, **batch))
+        return made[-1]
+
+    yield make
+    for telemetry in made:
+        telemetry.provider.shutdown()
+
+
+def conversation(n: int, tag: str = "") -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = [{"role": "system", "content": f"You plan trips. {tag}"}]
+    for i in range(1, n):
+        kind = i % 3
+        if kind == 1:
+            messages.append({"role": "user", "content": f"{tag} Étape {i}: café ☕ à 東京 — naïve “quotes”"})
+        elif kind == 2:
+            call = {"id": f"call_{i}", "type": "function", "function": {"name": "search", "arguments": '{"q": "€"}'}}
+            messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        else:
+            messages.append({"role": "tool", "tool_call_id": f"call_{i - 1}", "content": f"résultat {i} ✓"})
+    return messages
+
+
+def failing_run(telemetry: Telemetry, messages: list[dict[str, Any]], **options: Any) -> KilnRunError:
+    with pytest.raises(KilnRunError) as caught, traced_run("e2e", tracer_provider=telemetry.provider, **options) as run:
+        for message in messages:
+            run.messages.append(message)
+        raise RuntimeError("Too many tool calls in one turn (31 > 30)")
+    return caught.value
+
+
+def poll(what: str, probe: Callable[[], T | None], timeout: float = 20) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = probe()
+        if result is not None:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.2)
+
+
+def file_payload(pipeline: Pipeline, trace_id: str, spans: int) -> ErrorWithTrace:
+    def probe() -> ErrorWithTrace | None:
+        text = pipeline.read_file_lines(trace_id)
+        if sum(1 for s in load_spans(text) if s.trace_id == trace_id) < spans:
+            return None
+        return reconstruct_error(text, trace_id)
+
+    return poll(f"{spans} spans of {trace_id} in the file output", probe)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_failed_run_rebuilds_exactly_from_jaeger_and_file(
+    pipeline: Pipeline, telemetry_factory: Callable[..., Telemetry], protocol: str
+) -> None:
+    telemetry = telemetry_factory(exporter_for(pipeline, protocol))
+    messages = conversation(300, tag=protocol)
+    err = failing_run(telemetry, messages)
+    assert telemetry.provider.force_flush(10_000)
+    expected = err.to_error_with_trace()
+    assert expected.trace == messages
+    trace_id = str(err.trace_id)
+    spans = telemetry.produced(trace_id)
+    assert spans >= 3  # 300 messages: the run span plus continuation segments
+
+    v3 = pipeline.fetch_jaeger_v3(trace_id, min_spans=spans)
+    assert reconstruct_error(v3, trace_id) == expected
+    legacy = pipeline.fetch_jaeger_legacy(trace_id, min_spans=spans)
+    assert reconstruct_error(legacy, trace_id) == expected
+    assert file_payload(pipeline, trace_id, spans) == expected
+
+
+def test_collector_masks_a_key_the_client_did_not(
+    pipeline: Pipeline, telemetry_factory: Callable[..., Telemetry]
+) -> None:
+    secret = "sk-proj-ZyXwVuTsRqPoNmLkJiHgFeDc9876"
+    telemetry = telemetry_factory(exporter_for(pipeline, "grpc"))
+    messages = [
+        {"role": "user", "content": f"use {secret}"},
+        {"role": "tool", "tool_call_id": "c1", "content": '{"api_key": "plain-text-secret-42"}'},
+    ]
+    err = failing_run(telemetry, messages, redact=None)
+    telemetry.provider.force_flush(10_000)
+    trace_id = str(err.trace_id)
+    rebuilt = reconstruct_error(pipeline.fetch_jaeger_v3(trace_id), trace_id)
+    assert rebuilt.trace is not None
+    assert rebuilt.trace[0]["content"] == "use [REDACTED]"
+    assert rebuilt.trace[1]["content"] == '{"api_key": "[REDACTED]"}'
+    text = pipeline.read_file_lines(trace_id)
+    assert secret not in text
+    assert "plain-text-secret-42" not in text
