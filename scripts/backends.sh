@@ -123,15 +123,31 @@ cmd_paths() {
 cmd_run() {
   local col jae pids=()
   { read -r col; read -r jae; } < <(cmd_build)
-  export KILN_OTEL_FILE_PATH="${KILN_OTEL_FILE_PATH:-$ROOT/kiln-otel-traces.jsonl}"
-  log "jaeger:    $jae --config $ROOT/collector-config/jaeger.yaml"
-  JAEGER_LISTEN_HOST="${JAEGER_LISTEN_HOST:-127.0.0.1}" \
-    "$jae" --config "$ROOT/collector-config/jaeger.yaml" &
+  # Both are collectors with the same default ports: on one host, Jaeger's OTLP receiver moves
+  # to 14317/14318 and everything binds 127.0.0.1. Any of these can be overridden from outside.
+  : "${KILN_OTEL_JAEGER_OTLP_GRPC_ENDPOINT:=127.0.0.1:14317}"
+  : "${KILN_OTEL_JAEGER_OTLP_HTTP_ENDPOINT:=127.0.0.1:14318}"
+  : "${KILN_OTEL_JAEGER_QUERY_HTTP_ENDPOINT:=127.0.0.1:16686}"
+  : "${KILN_OTEL_JAEGER_QUERY_GRPC_ENDPOINT:=127.0.0.1:16685}"
+  : "${KILN_OTEL_JAEGER_HEALTH_ENDPOINT:=127.0.0.1:13134}"
+  : "${KILN_OTEL_JAEGER_METRICS_HOST:=127.0.0.1}"
+  : "${KILN_OTEL_JAEGER_METRICS_PORT:=8889}"
+  : "${KILN_OTEL_COLLECTOR_GRPC_ENDPOINT:=127.0.0.1:4317}"
+  : "${KILN_OTEL_COLLECTOR_HTTP_ENDPOINT:=127.0.0.1:4318}"
+  : "${KILN_OTEL_COLLECTOR_HEALTH_ENDPOINT:=127.0.0.1:13133}"
+  : "${KILN_OTEL_COLLECTOR_METRICS_HOST:=127.0.0.1}"
+  : "${KILN_OTEL_COLLECTOR_METRICS_PORT:=8888}"
+  : "${KILN_OTEL_COLLECTOR_FILE_PATH:=$ROOT/kiln-otel-traces.jsonl}"
+  : "${KILN_OTEL_JAEGER_OTLP_ENDPOINT:=$KILN_OTEL_JAEGER_OTLP_GRPC_ENDPOINT}"
+  export "${!KILN_OTEL_JAEGER_@}" "${!KILN_OTEL_COLLECTOR_@}"
+  log "jaeger:    $jae --config collector-config/jaeger.yaml (UI/API http://$KILN_OTEL_JAEGER_QUERY_HTTP_ENDPOINT)"
+  "$jae" --config "$ROOT/collector-config/jaeger.yaml" &
   pids+=($!)
-  log "collector: $col --config $ROOT/collector-config/otelcol.yaml (file output $KILN_OTEL_FILE_PATH)"
+  log "collector: $col --config collector-config/otelcol.yaml (OTLP $KILN_OTEL_COLLECTOR_GRPC_ENDPOINT gRPC," \
+    "$KILN_OTEL_COLLECTOR_HTTP_ENDPOINT HTTP; file $KILN_OTEL_COLLECTOR_FILE_PATH)"
   "$col" --config "$ROOT/collector-config/otelcol.yaml" &
   pids+=($!)
-  trap 'kill "${pids[@]}" 2>/dev/null || true' INT TERM EXIT
+  trap 'kill "${pids[@]}" 2>/dev/null || true; wait' INT TERM EXIT
   wait -n "${pids[@]}" || true
 }
 

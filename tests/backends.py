@@ -1,0 +1,589 @@
+"""Real trace backends for the tests: an OpenTelemetry Collector and Jaeger v2, as processes.
+
+A pytest plugin (``pytest_plugins = ["tests.backends"]``). It builds, or reuses from the cache
+outside the work tree, the two binaries with ``scripts/backends.sh build`` (the collector from
+backends/collector, Jaeger from backends/jaeger, both from the Go module proxy), then runs:
+
+    SDK --OTLP--> collector (collector-config/otelcol.yaml) --OTLP/gRPC--> Jaeger (jaeger.yaml)
+                                      \\--> file output (OTLP JSON lines, in a tmp dir)
+
+Every listening address is a free 127.0.0.1 port handed to the configs through their
+``${env:...}`` variables; the configs are the ones users run, unchanged.
+
+Fixtures:
+    ``backend_binaries`` (session): ``BackendBinaries(collector, jaeger)``, built or cached.
+    ``pipeline`` (session): a running ``Pipeline``; stopped (SIGTERM, then SIGKILL) at the end.
+
+If the build or the start fails, tests using these fixtures are skipped with the reason, or,
+when ``CI=true``, fail with the reason and the log tail. A failing test that used ``pipeline``
+gets the collector's and Jaeger's logs appended to its report.
+
+Knobs (environment): ``KILN_OTEL_BACKENDS_BUILD_TIMEOUT`` (seconds, default 2400),
+``KILN_OTEL_BACKENDS_START_TIMEOUT`` (seconds, default 60), ``KILN_OTEL_BACKENDS_CACHE``
+(binary cache, read by scripts/backends.sh).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BACKENDS_SH = REPO_ROOT / "scripts" / "backends.sh"
+COLLECTOR_CONFIG = REPO_ROOT / "collector-config" / "otelcol.yaml"
+JAEGER_CONFIG = REPO_ROOT / "collector-config" / "jaeger.yaml"
+
+BUILD_TIMEOUT = float(os.environ.get("KILN_OTEL_BACKENDS_BUILD_TIMEOUT", "2400"))
+START_TIMEOUT = float(os.environ.get("KILN_OTEL_BACKENDS_START_TIMEOUT", "60"))
+STOP_TIMEOUT = 15.0
+LOG_TAIL_BYTES = 16_000
+POLL_INTERVAL = 0.2
+
+
+class BackendUnavailableError(RuntimeError):
+    """The backends could not be built or started; the message says why (with a log tail)."""
+
+
+# --------------------------------------------------------------------------------------------
+# small helpers
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() == "true"
+
+
+def _tail(path: Path, limit: int = LOG_TAIL_BYTES) -> str:
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - limit))
+            data = fh.read()
+    except OSError as exc:
+        return f"<cannot read {path}: {exc}>"
+    text = data.decode("utf-8", errors="replace")
+    return text if size <= limit else f"[... {size - limit} bytes cut ...]\n{text}"
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free TCP ports on 127.0.0.1 (held open together, then released)."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    """(status, body) of a GET; status 0 when nothing answered."""
+    req = urllib.request.Request(url, headers={"Accept": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read()
+    except (urllib.error.URLError, OSError):
+        return 0, b""
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _poll(what: str, timeout: float, probe: Callable[[], tuple[bool, Any, str]]) -> Any:
+    """Call ``probe`` until it says done or ``timeout`` passes; ``probe`` -> (done, value, last)."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while True:
+        done, value, last = probe()
+        if done:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not there within {timeout:g}s (last seen: {last[:2000]})")
+        time.sleep(POLL_INTERVAL)
+
+
+def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the backend gets SIGTERM if pytest dies without running its teardown."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+# --------------------------------------------------------------------------------------------
+# build
+
+
+@dataclass(frozen=True)
+class BackendBinaries:
+    collector: Path
+    jaeger: Path
+
+
+def build_backends(log_path: Path, timeout: float = BUILD_TIMEOUT) -> BackendBinaries:
+    """Run ``scripts/backends.sh build`` (bounded); its progress goes to ``log_path``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        try:
+            proc = subprocess.Popen(
+                ["bash", str(BACKENDS_SH), "build"],
+                cwd=REPO_ROOT,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # so a timeout can stop `go build` too
+            )
+        except OSError as exc:
+            raise BackendUnavailableError(f"cannot run {BACKENDS_SH}: {exc}") from exc
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise BackendUnavailableError(
+                f"scripts/backends.sh build did not finish within {timeout:g}s "
+                f"(KILN_OTEL_BACKENDS_BUILD_TIMEOUT); log tail:\n{_tail(log_path)}"
+            ) from None
+    paths = [line.strip() for line in out.decode(errors="replace").splitlines() if line.strip()]
+    if proc.returncode != 0 or len(paths) < 2:
+        raise BackendUnavailableError(
+            f"scripts/backends.sh build failed (exit {proc.returncode}); log tail:\n{_tail(log_path)}"
+        )
+    binaries = BackendBinaries(collector=Path(paths[-2]), jaeger=Path(paths[-1]))
+    for path in (binaries.collector, binaries.jaeger):
+        if not os.access(path, os.X_OK):
+            raise BackendUnavailableError(f"scripts/backends.sh build printed {path}, not an executable")
+    return binaries
+
+
+# --------------------------------------------------------------------------------------------
+# processes
+
+
+class BackendProcess:
+    """One backend subprocess: fixed argv/env/log file, can be stopped and started again."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.log_path = log_path
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self) -> None:
+        if self.running:
+            return
+        self._reap()
+        with self.log_path.open("ab") as log:
+            log.write(f"\n===== {time.strftime('%H:%M:%S')} start: {' '.join(self.argv)}\n".encode())
+            log.flush()
+            self._proc = subprocess.Popen(
+                self.argv,
+                cwd=REPO_ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_set_pdeathsig if sys.platform.startswith("linux") else None,
+            )
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
+        """SIGTERM, wait (bounded), then SIGKILL; returns the exit code (None if never started)."""
+        proc = self._proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                proc.wait(timeout=timeout)
+        with self.log_path.open("ab") as log:
+            log.write(f"===== {time.strftime('%H:%M:%S')} stopped: exit {proc.returncode}\n".encode())
+        return proc.returncode
+
+    def _reap(self) -> None:
+        if self._proc is not None and self._proc.poll() is not None:
+            self._proc = None
+
+    def exit_message(self) -> str:
+        code = self._proc.poll() if self._proc is not None else None
+        return f"{self.name} exited with {code}; log tail:\n{_tail(self.log_path)}"
+
+
+def _wait_ready(proc: BackendProcess, timeout: float, ready: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if not proc.running:
+            raise BackendUnavailableError(f"{what}: {proc.exit_message()}")
+        if ready():
+            return
+        if time.monotonic() >= deadline:
+            raise BackendUnavailableError(f"{what}: not ready within {timeout:g}s; log tail:\n{_tail(proc.log_path)}")
+        time.sleep(POLL_INTERVAL)
+
+
+# --------------------------------------------------------------------------------------------
+# OTLP JSON helpers (Jaeger v3 and the file exporter write the same OTLP JSON shape)
+
+
+def _get(d: dict[str, Any], camel: str, snake: str, default: Any = None) -> Any:
+    return d[camel] if camel in d else d.get(snake, default)
+
+
+def otlp_spans(traces_data: dict[str, Any]) -> list[dict[str, Any]]:
+    """All spans of an OTLP JSON ``TracesData`` (camelCase or snake_case keys)."""
+    spans: list[dict[str, Any]] = []
+    for rs in _get(traces_data, "resourceSpans", "resource_spans", []) or []:
+        for ss in _get(rs, "scopeSpans", "scope_spans", []) or []:
+            spans.extend(ss.get("spans", []) or [])
+    return spans
+
+
+def _decode_json_stream(body: bytes) -> list[Any]:
+    """One JSON document, or several concatenated / newline-delimited ones."""
+    text = body.decode("utf-8", errors="replace").strip()
+    decoder = json.JSONDecoder()
+    docs: list[Any] = []
+    pos = 0
+    while pos < len(text):
+        doc, end = decoder.raw_decode(text, pos)
+        docs.append(doc)
+        pos = end
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+    return docs
+
+
+def _merge_v3(docs: list[Any]) -> dict[str, Any]:
+    """Jaeger's v3 GetTrace is a stream of ``{"result": TracesData}``; merge the chunks."""
+    if len(docs) == 1 and isinstance(docs[0], dict):
+        return docs[0]
+    merged: list[Any] = []
+    key = "resourceSpans"
+    for doc in docs:
+        result = doc.get("result", {}) if isinstance(doc, dict) else {}
+        if "resource_spans" in result:
+            key = "resource_spans"
+        merged.extend(_get(result, "resourceSpans", "resource_spans", []) or [])
+    return {"result": {key: merged}}
+
+
+# --------------------------------------------------------------------------------------------
+# the pipeline
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A running collector -> Jaeger pipeline on 127.0.0.1 (see the module docstring)."""
+
+    otlp_grpc_endpoint: str  # "http://127.0.0.1:P" (the collector's OTLP/gRPC receiver)
+    otlp_http_endpoint: str  # "http://127.0.0.1:P" base; traces go to f"{...}/v1/traces"
+    jaeger_query_url: str  # "http://127.0.0.1:P" (query API: /api/v3/traces/..., /api/traces/...)
+    jaeger_otlp_grpc_endpoint: str  # "http://127.0.0.1:P" (Jaeger's own OTLP/gRPC receiver)
+    jaeger_otlp_http_endpoint: str  # "http://127.0.0.1:P" base
+    collector_health_url: str  # "http://127.0.0.1:P/" (health_check extension)
+    collector_metrics_url: str  # "http://127.0.0.1:P/metrics" (collector's own metrics)
+    file_path: Path  # the file exporter's output (OTLP JSON lines)
+    collector_log: Path
+    jaeger_log: Path
+    binaries: BackendBinaries
+    collector_config: Path
+    jaeger_config: Path
+    _collector: BackendProcess = field(repr=False, compare=False)
+    _jaeger: BackendProcess = field(repr=False, compare=False)
+
+    # -- reading back --------------------------------------------------------------------
+
+    def fetch_jaeger_v3(self, trace_id_hex: str, timeout: float = 20.0, min_spans: int = 1) -> dict[str, Any]:
+        """``GET /api/v3/traces/{id}``, polled until it holds at least ``min_spans`` spans.
+
+        Returns the body (chunks merged): ``{"result": {"resourceSpans": [...]}}``.
+        """
+        url = f"{self.jaeger_query_url}/api/v3/traces/{trace_id_hex.lower()}"
+
+        def probe() -> tuple[bool, Any, str]:
+            status, body = _http_get(url)
+            if status != 200:
+                return False, None, f"HTTP {status}: {body[:500]!r}"
+            try:
+                doc = _merge_v3(_decode_json_stream(body))
+            except ValueError as exc:
+                return False, None, f"HTTP 200, not JSON ({exc}): {body[:500]!r}"
+            n = len(otlp_spans(doc.get("result", {})))
+            return n >= min_spans, doc, f"HTTP 200 with {n} span(s)"
+
+        return _poll(f"trace {trace_id_hex} in Jaeger /api/v3", timeout, probe)  # type: ignore[no-any-return]
+
+    def fetch_jaeger_legacy(self, trace_id_hex: str, timeout: float = 20.0, min_spans: int = 1) -> dict[str, Any]:
+        """``GET /api/traces/{id}`` (the UI's API), polled until ``data[0].spans`` has ``min_spans``."""
+        url = f"{self.jaeger_query_url}/api/traces/{trace_id_hex.lower()}"
+
+        def probe() -> tuple[bool, Any, str]:
+            status, body = _http_get(url)
+            if status != 200:
+                return False, None, f"HTTP {status}: {body[:500]!r}"
+            try:
+                doc = json.loads(body)
+            except ValueError as exc:
+                return False, None, f"HTTP 200, not JSON ({exc}): {body[:500]!r}"
+            data = doc.get("data") or []
+            n = sum(len(t.get("spans") or []) for t in data)
+            return n >= min_spans, doc, f"HTTP 200 with {n} span(s)"
+
+        return _poll(f"trace {trace_id_hex} in Jaeger /api/traces", timeout, probe)  # type: ignore[no-any-return]
+
+    def file_output_paths(self) -> list[Path]:
+        """The file exporter's output and its rotated backups, oldest first."""
+        stem, suffix = self.file_path.stem, self.file_path.suffix
+        backups = sorted(p for p in self.file_path.parent.glob(f"{stem}-*{suffix}") if p != self.file_path)
+        return [*backups, self.file_path]
+
+    def read_file_lines(self, trace_id_hex: str, timeout: float = 20.0) -> str:
+        """Poll the file output until a line holds ``trace_id_hex``; return those lines ("\\n"-joined).
+
+        Each line is one OTLP JSON ``TracesData`` (``json.loads`` it).
+        """
+        needle = trace_id_hex.lower()
+
+        def probe() -> tuple[bool, Any, str]:
+            found: list[str] = []
+            total = 0
+            for path in self.file_output_paths():
+                try:
+                    text = path.read_text(encoding="utf-8", errors="replace")
+                except FileNotFoundError:
+                    continue
+                lines = text.splitlines()
+                total += len(lines)
+                found.extend(line for line in lines if needle in line.lower())
+            return bool(found), "\n".join(found), f"{total} line(s), none with {needle}"
+
+        return _poll(f"trace {trace_id_hex} in {self.file_path}", timeout, probe)  # type: ignore[no-any-return]
+
+    # -- lifecycle (reliability tests) ---------------------------------------------------
+
+    @property
+    def collector_running(self) -> bool:
+        return self._collector.running
+
+    @property
+    def collector_pid(self) -> int | None:
+        return self._collector.pid
+
+    def collector_healthy(self) -> bool:
+        return _http_get(self.collector_health_url, timeout=1.0)[0] == 200
+
+    def stop_collector(self, timeout: float = STOP_TIMEOUT) -> int | None:
+        """Stop the collector (SIGTERM: it flushes its queues; SIGKILL after ``timeout``)."""
+        return self._collector.stop(timeout)
+
+    def start_collector(self, timeout: float = START_TIMEOUT) -> None:
+        """Start the collector again on the same ports; wait (bounded) until it is healthy."""
+        self._collector.start()
+        _wait_ready(self._collector, timeout, self.collector_healthy, "collector")
+
+    def restart_collector(self, timeout: float = START_TIMEOUT) -> None:
+        self.stop_collector()
+        self.start_collector(timeout)
+
+    def jaeger_ready(self) -> bool:
+        return _http_get(f"{self.jaeger_query_url}/api/services", timeout=1.0)[0] == 200
+
+    def logs(self) -> dict[str, str]:
+        """Tails of both logs, for messages."""
+        return {"collector": _tail(self.collector_log), "jaeger": _tail(self.jaeger_log)}
+
+    def shutdown(self) -> None:
+        """Stop both processes (collector first, so it can flush to Jaeger). Always safe to call."""
+        try:
+            self._collector.stop()
+        finally:
+            self._jaeger.stop()
+
+
+def start_pipeline(binaries: BackendBinaries, workdir: Path, timeout: float = START_TIMEOUT) -> Pipeline:
+    """Start Jaeger, then the collector, on free 127.0.0.1 ports; wait until both are ready."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    (
+        col_grpc,
+        col_http,
+        col_health,
+        col_metrics,
+        jae_grpc,
+        jae_http,
+        jae_query,
+        jae_query_grpc,
+        jae_health,
+        jae_metrics,
+    ) = free_ports(10)
+    host = "127.0.0.1"
+    file_path = workdir / "traces.jsonl"
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("KILN_OTEL_JAEGER_", "KILN_OTEL_COLLECTOR_"))}
+    jaeger_env = {
+        **base_env,
+        "JAEGER_LISTEN_HOST": host,
+        "KILN_OTEL_JAEGER_OTLP_GRPC_ENDPOINT": f"{host}:{jae_grpc}",
+        "KILN_OTEL_JAEGER_OTLP_HTTP_ENDPOINT": f"{host}:{jae_http}",
+        "KILN_OTEL_JAEGER_QUERY_HTTP_ENDPOINT": f"{host}:{jae_query}",
+        "KILN_OTEL_JAEGER_QUERY_GRPC_ENDPOINT": f"{host}:{jae_query_grpc}",
+        "KILN_OTEL_JAEGER_HEALTH_ENDPOINT": f"{host}:{jae_health}",
+        "KILN_OTEL_JAEGER_METRICS_HOST": host,
+        "KILN_OTEL_JAEGER_METRICS_PORT": str(jae_metrics),
+    }
+    collector_env = {
+        **base_env,
+        "KILN_OTEL_COLLECTOR_GRPC_ENDPOINT": f"{host}:{col_grpc}",
+        "KILN_OTEL_COLLECTOR_HTTP_ENDPOINT": f"{host}:{col_http}",
+        "KILN_OTEL_COLLECTOR_HEALTH_ENDPOINT": f"{host}:{col_health}",
+        "KILN_OTEL_COLLECTOR_METRICS_HOST": host,
+        "KILN_OTEL_COLLECTOR_METRICS_PORT": str(col_metrics),
+        "KILN_OTEL_COLLECTOR_FILE_PATH": str(file_path),
+        "KILN_OTEL_JAEGER_OTLP_ENDPOINT": f"{host}:{jae_grpc}",
+    }
+    jaeger = BackendProcess(
+        "jaeger",
+        [str(binaries.jaeger), "--config", str(JAEGER_CONFIG)],
+        jaeger_env,
+        workdir / "jaeger.log",
+    )
+    collector = BackendProcess(
+        "collector",
+        [str(binaries.collector), "--config", str(COLLECTOR_CONFIG)],
+        collector_env,
+        workdir / "collector.log",
+    )
+    pipeline = Pipeline(
+        otlp_grpc_endpoint=f"http://{host}:{col_grpc}",
+        otlp_http_endpoint=f"http://{host}:{col_http}",
+        jaeger_query_url=f"http://{host}:{jae_query}",
+        jaeger_otlp_grpc_endpoint=f"http://{host}:{jae_grpc}",
+        jaeger_otlp_http_endpoint=f"http://{host}:{jae_http}",
+        collector_health_url=f"http://{host}:{col_health}/",
+        collector_metrics_url=f"http://{host}:{col_metrics}/metrics",
+        file_path=file_path,
+        collector_log=collector.log_path,
+        jaeger_log=jaeger.log_path,
+        binaries=binaries,
+        collector_config=COLLECTOR_CONFIG,
+        jaeger_config=JAEGER_CONFIG,
+        _collector=collector,
+        _jaeger=jaeger,
+    )
+    try:
+        jaeger.start()
+        _wait_ready(
+            jaeger,
+            timeout,
+            lambda: pipeline.jaeger_ready() and _port_open(host, jae_grpc),
+            "jaeger",
+        )
+        collector.start()
+        _wait_ready(
+            collector,
+            timeout,
+            lambda: pipeline.collector_healthy() and _port_open(host, col_grpc) and _port_open(host, col_http),
+            "collector",
+        )
+    except BaseException:
+        pipeline.shutdown()
+        raise
+    return pipeline
+
+
+# --------------------------------------------------------------------------------------------
+# pytest wiring
+
+_ACTIVE: list[Pipeline] = []
+
+
+def _unavailable(reason: str) -> NoReturn:
+    if _in_ci():
+        pytest.fail(f"real backends unavailable (CI=true): {reason}", pytrace=False)
+    lines = [line.strip() for line in reason.splitlines() if line.strip()]
+    short = " | ".join([*lines[:1], *lines[1:][-4:]])
+    pytest.skip(f"real backends unavailable: {short}")
+
+
+@pytest.fixture(scope="session")
+def backend_binaries(tmp_path_factory: pytest.TempPathFactory) -> BackendBinaries:
+    """The collector and Jaeger binaries (``scripts/backends.sh build``, bounded)."""
+    log = tmp_path_factory.mktemp("backends-build") / "build.log"
+    try:
+        return build_backends(log)
+    except BackendUnavailableError as exc:
+        _unavailable(str(exc))
+
+
+@pytest.fixture(scope="session")
+def pipeline(backend_binaries: BackendBinaries, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+    """Collector -> Jaeger on free 127.0.0.1 ports, file output in a tmp dir; torn down at the end."""
+    workdir = tmp_path_factory.mktemp("otel-pipeline")
+    try:
+        running = start_pipeline(backend_binaries, workdir)
+    except BackendUnavailableError as exc:
+        _unavailable(str(exc))
+    _ACTIVE.append(running)
+    try:
+        yield running
+    finally:
+        _ACTIVE.remove(running)
+        running.shutdown()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Anything that needs the real backends carries the ``backends`` marker (``-m "not backends"``)."""
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        if ("pipeline" in names or "backend_binaries" in names) and item.get_closest_marker("backends") is None:
+            item.add_marker(pytest.mark.backends)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.failed and "pipeline" in getattr(item, "fixturenames", ()) and _ACTIVE:
+        running = _ACTIVE[-1]
+        report.sections.append(("collector log (tail)", _tail(running.collector_log)))
+        report.sections.append(("jaeger log (tail)", _tail(running.jaeger_log)))
+    return report

@@ -1,0 +1,353 @@
+"""The backends' configuration holds together: docker-compose.yml, collector-config/, main.go.
+
+Most checks read files only; the ones marked ``backends`` run the built binaries (``validate``,
+``components``) through the ``backend_binaries`` fixture of tests/backends.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.backends import REPO_ROOT, BackendBinaries
+
+COMPOSE = REPO_ROOT / "docker-compose.yml"
+OTELCOL = REPO_ROOT / "collector-config" / "otelcol.yaml"
+JAEGER = REPO_ROOT / "collector-config" / "jaeger.yaml"
+DATASOURCES = REPO_ROOT / "collector-config" / "grafana" / "provisioning" / "datasources" / "datasources.yaml"
+MAIN_GO = REPO_ROOT / "backends" / "collector" / "main.go"
+COLLECTOR_GO_MOD = REPO_ROOT / "backends" / "collector" / "go.mod"
+JAEGER_GO_MOD = REPO_ROOT / "backends" / "jaeger" / "go.mod"
+BACKENDS_PY = REPO_ROOT / "tests" / "backends.py"
+
+ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+KINDS = ("receivers", "processors", "exporters", "extensions", "connectors")
+
+# Factory packages whose component type is not their package name minus the kind: the core
+# OTLP exporter registers "otlp_grpc" (and the deprecated alias "otlp") since v0.16x.
+TYPE_ALIASES = {"otlpexporter": {"otlp_grpc", "otlp"}}
+
+
+def _load(path: Path) -> Any:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def _expand(value: Any, env: dict[str, str]) -> Any:
+    """Resolve ``${env:NAME:-default}`` the way the collector does (env first, then default)."""
+    if not isinstance(value, str):
+        return value
+
+    def sub(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in env:
+            return env[name]
+        assert default is not None, f"${{env:{name}}} has no default"
+        return default
+
+    return ENV_REF.sub(sub, value)
+
+
+def _port(endpoint: str) -> int:
+    return int(endpoint.rsplit(":", 1)[1])
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = _load(COMPOSE)
+    assert isinstance(data, dict)
+    return data
+
+
+def _service_env(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def _published(service: dict[str, Any]) -> list[tuple[str, int, int]]:
+    """(host ip, host port, container port) of every published port (short syntax)."""
+    out = []
+    for spec in service.get("ports") or []:
+        parts = str(spec).split("/")[0].split(":")
+        assert len(parts) == 3, f"port {spec!r} must be HOST_IP:HOST_PORT:CONTAINER_PORT"
+        out.append((parts[0], int(parts[1]), int(parts[2])))
+    return out
+
+
+def _bind_mounts(service: dict[str, Any]) -> list[tuple[str, str]]:
+    """(host path, container path) of bind mounts (short syntax, host path starts with . or /)."""
+    mounts = []
+    for spec in service.get("volumes") or []:
+        if isinstance(spec, dict):
+            if spec.get("type") == "bind":
+                mounts.append((spec["source"], spec["target"]))
+            continue
+        source, target = str(spec).split(":")[:2]
+        if source.startswith((".", "/")):
+            mounts.append((source, target))
+    return mounts
+
+
+def _collector_service(compose: dict[str, Any]) -> dict[str, Any]:
+    return compose["services"]["otel-collector"]
+
+
+# ---------------------------------------------------------------------------------------------
+# docker-compose.yml
+
+
+def test_compose_parses_with_expected_services(compose: dict[str, Any]) -> None:
+    assert {"otel-collector", "jaeger", "grafana"} <= set(compose["services"])
+
+
+def test_every_image_is_pinned(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        image = service.get("image")
+        assert image, f"{name}: no image"
+        if "@sha256:" in image:
+            continue
+        repo, _, tag = image.rpartition(":")
+        assert repo, f"{name}: image {image!r} has no tag"
+        assert "/" not in tag, f"{name}: image {image!r} has no tag"
+        assert tag != "latest", f"{name}: image {image!r} is not pinned"
+        assert re.match(r"^\d+\.\d+\.\d+", tag), f"{name}: tag {tag!r} is not a version"
+
+
+def test_collector_and_jaeger_images_match_the_built_versions(compose: dict[str, Any]) -> None:
+    image = compose["services"]["otel-collector"]["image"]
+    assert image.startswith("otel/opentelemetry-collector-contrib:0.165.")
+    assert "go.opentelemetry.io/collector/otelcol v0.165." in COLLECTOR_GO_MOD.read_text()
+    # Jaeger v2.13.0 is the same code as module github.com/jaegertracing/jaeger v1.76.0
+    assert compose["services"]["jaeger"]["image"] == "jaegertracing/jaeger:2.13.0"
+    assert "github.com/jaegertracing/jaeger v1.76.0" in JAEGER_GO_MOD.read_text()
+
+
+def test_every_mounted_host_file_exists(compose: dict[str, Any]) -> None:
+    named = set(compose.get("volumes") or {})
+    for name, service in compose["services"].items():
+        for spec in service.get("volumes") or []:
+            source = spec["source"] if isinstance(spec, dict) else str(spec).split(":")[0]
+            if source.startswith((".", "/")):
+                assert (REPO_ROOT / source).exists(), f"{name}: mounts missing {source}"
+            else:
+                assert source in named, f"{name}: volume {source!r} is not declared"
+
+
+def test_ports_are_bound_to_loopback_only(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        for host_ip, _, _ in _published(service):
+            assert host_ip == "127.0.0.1", f"{name}: publishes on {host_ip}"
+
+
+def test_collector_mounts_exactly_the_tested_config(compose: dict[str, Any]) -> None:
+    service = _collector_service(compose)
+    mounts = _bind_mounts(service)
+    assert [(REPO_ROOT / src).resolve() for src, _ in mounts] == [OTELCOL.resolve()]
+    target = mounts[0][1]
+    command = service["command"]
+    args = command if isinstance(command, list) else command.split()
+    assert f"--config={target}" in args or ["--config", target] in [args[i : i + 2] for i in range(len(args))]
+
+
+def test_collector_ports_line_up_with_otelcol_yaml(compose: dict[str, Any]) -> None:
+    service = _collector_service(compose)
+    env = _service_env(service)
+    cfg = _load(OTELCOL)
+    protocols = cfg["receivers"]["otlp"]["protocols"]
+    listening = {
+        _port(_expand(protocols["grpc"]["endpoint"], env)),
+        _port(_expand(protocols["http"]["endpoint"], env)),
+        _port(_expand(cfg["extensions"]["health_check"]["endpoint"], env)),
+    }
+    published = {container for _, _, container in _published(service)}
+    assert published == listening
+    assert {(h, c) for _, h, c in _published(service)} == {(p, p) for p in listening}
+    # the collector exports to Jaeger's OTLP/gRPC receiver
+    jaeger_env = _service_env(compose["services"]["jaeger"])
+    jaeger_cfg = _load(JAEGER)
+    jaeger_grpc = _port(_expand(jaeger_cfg["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"], jaeger_env))
+    exporter = _expand(cfg["exporters"]["otlp_grpc/jaeger"]["endpoint"], env)
+    assert exporter == f"jaeger:{jaeger_grpc}"
+
+
+def test_jaeger_and_grafana_ports_line_up(compose: dict[str, Any]) -> None:
+    jaeger = compose["services"]["jaeger"]
+    cfg = _load(JAEGER)
+    query_port = _port(_expand(cfg["extensions"]["jaeger_query"]["http"]["endpoint"], _service_env(jaeger)))
+    assert {c for _, _, c in _published(jaeger)} == {query_port}
+    mounts = dict(_bind_mounts(jaeger))
+    assert (REPO_ROOT / next(iter(mounts))).resolve() == JAEGER.resolve()
+    assert next(iter(mounts.values())) in jaeger["command"]
+    [datasource] = _load(DATASOURCES)["datasources"]
+    assert datasource["type"] == "jaeger"
+    assert datasource["url"] == f"http://jaeger:{query_port}"
+
+
+def test_grafana_is_anonymous_viewer(compose: dict[str, Any]) -> None:
+    grafana = compose["services"]["grafana"]
+    env = _service_env(grafana)
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
+    assert env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    sources = {(REPO_ROOT / s).resolve() for s, _ in _bind_mounts(grafana)}
+    assert DATASOURCES.resolve().is_relative_to(next(iter(sources)))
+
+
+# ---------------------------------------------------------------------------------------------
+# collector-config/*.yaml
+
+
+@pytest.mark.parametrize("path", [OTELCOL, JAEGER], ids=["otelcol", "jaeger"])
+def test_every_env_reference_has_a_default(path: Path) -> None:
+    refs = ENV_REF.findall(path.read_text(encoding="utf-8"))
+    assert refs
+    assert [name for name, default in refs if not default] == []
+
+
+def test_env_names_set_by_the_tests_exist_in_the_configs() -> None:
+    configs = OTELCOL.read_text() + JAEGER.read_text()
+    names = set(re.findall(r'"(KILN_OTEL_(?:COLLECTOR|JAEGER)_[A-Z_]+)"', BACKENDS_PY.read_text()))
+    assert names
+    assert sorted(n for n in names if f"${{env:{n}" not in configs) == []
+
+
+def _pipeline_components(cfg: dict[str, Any]) -> dict[str, set[str]]:
+    used: dict[str, set[str]] = {kind: set() for kind in KINDS}
+    for kind in KINDS:
+        for component_id in cfg.get(kind) or {}:
+            used[kind].add(component_id.split("/", 1)[0])
+    service = cfg["service"]
+    used["extensions"] |= {e.split("/", 1)[0] for e in service.get("extensions", [])}
+    for pipe in service["pipelines"].values():
+        for kind in ("receivers", "processors", "exporters"):
+            for component_id in pipe.get(kind, []):
+                assert component_id in cfg[kind], f"pipeline uses undefined {kind[:-1]} {component_id}"
+                used[kind].add(component_id.split("/", 1)[0])
+    return used
+
+
+def _main_go_factories() -> dict[str, set[str]]:
+    """Factory package names handed to otelcol.MakeFactoryMap, per kind, from main.go."""
+    source = MAIN_GO.read_text(encoding="utf-8")
+    found: dict[str, set[str]] = {kind: set() for kind in KINDS}
+    for field, body in re.findall(r"f\.(\w+), err = otelcol\.MakeFactoryMap\((.*?)\); err", source, re.S):
+        found[field.lower()] |= set(re.findall(r"(\w+)\.NewFactory\(\)", body))
+    return found
+
+
+def _types_of(package: str, kind: str) -> set[str]:
+    if package in TYPE_ALIASES:
+        return TYPE_ALIASES[package]
+    suffix = kind[:-1]  # receivers -> receiver
+    assert package.endswith(suffix), f"{package} is not a {suffix} package"
+    return {package[: -len(suffix)]}
+
+
+def test_main_go_has_exactly_the_components_otelcol_yaml_uses() -> None:
+    used = _pipeline_components(_load(OTELCOL))
+    factories = _main_go_factories()
+    for kind in KINDS:
+        provided = {t.replace("_", "") for pkg in factories[kind] for t in _types_of(pkg, kind)}
+        needed = {t.replace("_", "") for t in used[kind]}
+        assert needed <= provided, f"{kind}: otelcol.yaml uses {needed - provided}, main.go lacks them"
+        # and nothing more: every factory is used (aliases count once)
+        for pkg in factories[kind]:
+            types = {t.replace("_", "") for t in _types_of(pkg, kind)}
+            assert types & needed, f"{kind}: main.go has {pkg}, otelcol.yaml does not use it"
+
+
+def test_every_collector_module_is_at_one_release() -> None:
+    versions: dict[str, set[str]] = {"core": set(), "stable": set(), "contrib": set()}
+    for module, version in re.findall(r"^\s*(\S+) (v\S+)", COLLECTOR_GO_MOD.read_text(), re.M):
+        if module.startswith("github.com/open-telemetry/opentelemetry-collector-contrib/"):
+            versions["contrib"].add(version)
+        elif module.startswith("go.opentelemetry.io/collector"):
+            versions["core" if version.startswith("v0.") else "stable"].add(version)
+    assert versions == {"core": {"v0.165.0"}, "stable": {"v1.71.0"}, "contrib": {"v0.165.1"}}
+
+
+# The redaction step, emulated: RE2 and Python's re agree on these patterns, and each
+# redaction/* instance replaces every match with its masking_string. The real thing is
+# exercised end to end in tests/test_backends_smoke.py.
+def _redact(value: str) -> str:
+    cfg = _load(OTELCOL)
+    for name in cfg["service"]["pipelines"]["traces"]["processors"]:
+        if not name.startswith("redaction"):
+            continue
+        proc = cfg["processors"][name]
+        assert proc["allow_all_keys"] is True
+        assert proc["summary"] == "silent"
+        mask = proc.get("masking_string", "****")
+        for pattern in proc.get("blocked_values", []):
+            value = re.sub(pattern, lambda _m, mask=mask: mask, value)
+    return value
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("key sk-proj-abcdefghijklmnopqrstuv123456 end", "key [REDACTED] end"),
+        ("sk-ant-api03-AAAAAAAAAAAAAAAAAAAA-x_y", "[REDACTED]"),
+        ("sk-short", "sk-short"),
+        ("Authorization: Bearer abc.def-ghi_jkl", "Authorization: Bearer [REDACTED]"),
+        ("a Bearer token", "a Bearer token"),
+        ('{"api_key": "s3cr3t", "n": 1}', '{"api_key": "[REDACTED]", "n": 1}'),
+        ('{"API_KEY":"a\\"b"}', '{"api_key": "[REDACTED]"}'),
+        ('{"authorization": "Basic Zm9v"}', '{"authorization": "[REDACTED]"}'),
+        ('{"Authorization": "Bearer abcdefghij"}', '{"authorization": "[REDACTED]"}'),
+        ('{"api_key_id": "public"}', '{"api_key_id": "public"}'),
+    ],
+)
+def test_redaction_patterns(raw: str, expected: str) -> None:
+    assert _redact(raw) == expected
+
+
+def test_redaction_keeps_nested_json_valid() -> None:
+    inner = json.dumps({"api_key": 'x"y\\z', "authorization": "t", "city": "Oslo"})
+    outer = json.dumps({"arguments": inner, "api_key": "top", "content": "sk-" + "a" * 20})
+    masked = json.loads(_redact(outer))
+    assert masked["api_key"] == "[REDACTED]"
+    assert masked["content"] == "[REDACTED]"
+    assert json.loads(masked["arguments"]) == {
+        "api_key": "[REDACTED]",
+        "authorization": "[REDACTED]",
+        "city": "Oslo",
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# the built binaries
+
+
+def _run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False, cwd=REPO_ROOT, **kwargs)
+
+
+@pytest.mark.backends
+def test_collector_validates_otelcol_yaml(backend_binaries: BackendBinaries) -> None:
+    result = _run([str(backend_binaries.collector), "validate", "--config", str(OTELCOL)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.backends
+def test_jaeger_validates_jaeger_yaml(backend_binaries: BackendBinaries) -> None:
+    result = _run([str(backend_binaries.jaeger), "validate", "--config", str(JAEGER)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.backends
+def test_built_collector_has_the_components_otelcol_yaml_uses(backend_binaries: BackendBinaries) -> None:
+    result = _run([str(backend_binaries.collector), "components"])
+    assert result.returncode == 0, result.stderr
+    listed = yaml.safe_load(result.stdout)
+    used = _pipeline_components(_load(OTELCOL))
+    for kind in KINDS:
+        have = {c["name"] for c in listed.get(kind) or []}
+        assert used[kind] <= have, f"{kind}: binary lacks {used[kind] - have}"
+        assert have <= used[kind], f"{kind}: binary has unused {have - used[kind]}"
