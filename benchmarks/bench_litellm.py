@@ -28,14 +28,14 @@ from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-import litellm  # noqa: E402
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans  # noqa: E402
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider  # noqa: E402
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult  # noqa: E402
+import litellm
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-from kiln_otel import traced_run  # noqa: E402
-from kiln_otel.litellm import run_agent  # noqa: E402
-from kiln_otel.testing import ScriptedModelServer, ToolCall, Turn  # noqa: E402
+from kiln_otel import traced_run
+from kiln_otel.litellm import run_agent
+from kiln_otel.testing import ScriptedModelServer, ToolCall, Turn
 
 litellm.suppress_debug_info = True
 TURNS = 10
@@ -204,7 +204,8 @@ def main() -> None:
         print("(openinference-instrumentation-litellm not installed: pip install -e '.[bench]')")
     for r in results:
         print(
-            f"{r['variant']:<16} {r['median_ms']:>8} ms per run   ratio {r['ratio']:>6}   overhead {r['overhead_percent']:>6}%"
+            f"{r['variant']:<16} {r['median_ms']:>8} ms per run   ratio {r['ratio']:>6}"
+            f"   overhead {r['overhead_percent']:>6}%"
         )
 
 
