@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -127,12 +128,14 @@ def _poll(what: str, timeout: float, probe: Callable[[], tuple[bool, Any, str]])
         time.sleep(POLL_INTERVAL)
 
 
-def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Linux: the backend gets SIGTERM if pytest dies without running its teardown."""
-    with contextlib.suppress(Exception):
-        import ctypes
+def _pdeathsig_prefix() -> list[str]:
+    """Linux: have the backend get SIGTERM if pytest dies without running its teardown.
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    ``setpriv --pdeathsig`` (util-linux) sets it and execs the backend, so no ``preexec_fn``
+    (unsafe with threads, and warned about on newer Pythons) is needed.
+    """
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
 
 
 # --------------------------------------------------------------------------------------------
@@ -212,14 +215,13 @@ class BackendProcess:
             log.write(f"\n===== {time.strftime('%H:%M:%S')} start: {' '.join(self.argv)}\n".encode())
             log.flush()
             self._proc = subprocess.Popen(
-                self.argv,
+                [*_pdeathsig_prefix(), *self.argv],
                 cwd=REPO_ROOT,
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=_set_pdeathsig if sys.platform.startswith("linux") else None,
             )
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
@@ -556,11 +558,19 @@ def backend_binaries(tmp_path_factory: pytest.TempPathFactory) -> BackendBinarie
 @pytest.fixture(scope="session")
 def pipeline(backend_binaries: BackendBinaries, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
     """Collector -> Jaeger on free 127.0.0.1 ports, file output in a tmp dir; torn down at the end."""
-    workdir = tmp_path_factory.mktemp("otel-pipeline")
-    try:
-        running = start_pipeline(backend_binaries, workdir)
-    except BackendUnavailableError as exc:
-        _unavailable(str(exc))
+    running: Pipeline | None = None
+    for attempt in range(1, 4):
+        workdir = tmp_path_factory.mktemp("otel-pipeline")
+        try:
+            running = start_pipeline(backend_binaries, workdir)
+            break
+        except BackendUnavailableError as exc:
+            # free_ports() releases the ports before the backends bind them: another process
+            # may take one in between. Try again with fresh ports; anything else is final.
+            if attempt < 3 and "address already in use" in str(exc).lower():
+                continue
+            _unavailable(str(exc))
+    assert running is not None
     _ACTIVE.append(running)
     try:
         yield running
