@@ -6,7 +6,9 @@ Most checks read files only; the ones marked ``backends`` run the built binaries
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -351,3 +353,24 @@ def test_built_collector_has_the_components_otelcol_yaml_uses(backend_binaries: 
         have = {c["name"] for c in listed.get(kind) or []}
         assert used[kind] <= have, f"{kind}: binary lacks {used[kind] - have}"
         assert have <= used[kind], f"{kind}: binary has unused {have - used[kind]}"
+
+
+# ---------------------------------------------------------------------------------------------
+# scripts/backends.sh
+
+
+def test_backends_sh_caches_outside_the_tree_keyed_by_the_build_inputs(tmp_path: Path) -> None:
+    env = {**os.environ, "KILN_OTEL_BACKENDS_CACHE": str(tmp_path / "cache")}
+    result = _run(["bash", str(REPO_ROOT / "scripts" / "backends.sh"), "paths"], env=env)
+    assert result.returncode == 1, "nothing is built in an empty cache"
+    printed = [Path(line) for line in result.stdout.splitlines()]
+    expected = []
+    for name, binary in (("collector", "otelcol-kiln"), ("jaeger", "jaeger")):
+        digest = hashlib.sha256()
+        for file in ("go.mod", "go.sum", "main.go"):
+            path = REPO_ROOT / "backends" / name / file
+            if path.exists():
+                digest.update(f"{file}\n".encode() + path.read_bytes())
+        expected.append(tmp_path / "cache" / f"{name}-{digest.hexdigest()}" / binary)
+    assert printed == expected
+    assert not any(p.is_relative_to(REPO_ROOT) for p in printed)
