@@ -75,6 +75,7 @@ build_one() {
     return 0
   fi
   mkdir -p "$dir"
+  rm -f "$dir/.$(binary_name "$name").tmp."* # left by a build that was killed (we hold the lock)
   tmp="$dir/.$(binary_name "$name").tmp.$$"
   start=$SECONDS
   log "$name: building $(build_target "$name") with $("$GO" version) (minutes on a cold machine)"
