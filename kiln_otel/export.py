@@ -1,0 +1,222 @@
+"""`configure_tracing`: a TracerProvider wired the way the standard ``OTEL_*`` variables say.
+
+The same code must run on a laptop with nothing else installed and in production next to a
+Collector, so the environment decides and code never has to change:
+
+===========================================  ==============================================================
+environment                                  spans go to
+===========================================  ==============================================================
+``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` or    OTLP behind a batch processor: gRPC, or HTTP/protobuf when
+``OTEL_EXPORTER_OTLP_ENDPOINT`` set          ``OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL`` is ``http/protobuf``
+neither set                                  OTLP JSON lines in a file: ``traces_file`` argument >
+                                             ``KILN_OTEL_TRACES_FILE`` > ``default_file``; none: nowhere
+===========================================  ==============================================================
+
+Exit is bounded. The SDK's batch processor joins its worker for up to 30 s at shutdown, then exports
+what is queued one batch at a time, each with a fresh exporter timeout, and its ``force_flush`` has no
+bound at all: an unreachable collector could hold a finishing process for minutes. Here both
+``force_flush`` and ``shutdown`` return within the export timeout (``OTEL_EXPORTER_OTLP_TRACES_TIMEOUT``
+> ``OTEL_EXPORTER_OTLP_TIMEOUT`` > 10, in seconds as the Python SDK reads them) plus
+`SHUTDOWN_SLACK_SECONDS`; what is still unsent then is dropped. Losing telemetry beats hanging an app.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+
+from kiln_otel._guard import logger
+from kiln_otel.config import _warn_once
+from kiln_otel.exporters import OtlpJsonFileExporter
+
+__all__ = [
+    "DEFAULT_EXPORT_TIMEOUT_SECONDS",
+    "ENV_TRACES_FILE",
+    "SHUTDOWN_SLACK_SECONDS",
+    "BoundedBatchSpanProcessor",
+    "configure_tracing",
+    "export_timeout",
+    "traces_file_target",
+]
+
+ENV_TRACES_FILE = "KILN_OTEL_TRACES_FILE"
+"""Where the embedded default writes OTLP JSON lines when no OTLP endpoint is configured."""
+ENV_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
+ENV_TRACES_ENDPOINT = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+ENV_PROTOCOL = "OTEL_EXPORTER_OTLP_PROTOCOL"
+ENV_TRACES_PROTOCOL = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
+ENV_TIMEOUT = "OTEL_EXPORTER_OTLP_TIMEOUT"
+ENV_TRACES_TIMEOUT = "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"
+
+DEFAULT_EXPORT_TIMEOUT_SECONDS = 10.0
+"""The SDK's own default, so an app moving to `configure_tracing` keeps its behaviour."""
+SHUTDOWN_SLACK_SECONDS = 0.5
+"""What `BoundedBatchSpanProcessor` may add to the export timeout: aborting an export is not instant."""
+_SUSPICIOUS_TIMEOUT_SECONDS = 300.0
+"""Larger values are probably milliseconds (the OpenTelemetry spec's unit; the Python SDK reads seconds)."""
+
+_GRPC = "grpc"
+_HTTP_PROTOBUF = "http/protobuf"
+
+
+def configure_tracing(
+    *,
+    service_name: str = "kiln-otel",
+    default_file: Path | None = None,
+    traces_file: Path | None = None,
+) -> tuple[TracerProvider, str]:
+    """A new TracerProvider exporting where the environment says, and a sentence saying where.
+
+    The global provider is left alone: set it yourself (``trace.set_tracer_provider``) if you want
+    one. ``service.name`` is ``OTEL_SERVICE_NAME`` (or ``service.name`` in ``OTEL_RESOURCE_ATTRIBUTES``)
+    when the deployment sets one, else ``service_name``. ``traces_file`` is an explicit file for the
+    embedded default (it beats ``KILN_OTEL_TRACES_FILE``, which beats ``default_file``); an OTLP
+    endpoint in the environment still takes precedence over any file.
+    """
+    provider = TracerProvider(resource=_resource(service_name))
+    exporter, where = _exporter(default_file, traces_file)
+    if exporter is not None:
+        provider.add_span_processor(BoundedBatchSpanProcessor(exporter, bound_seconds=export_timeout()))
+    return provider, where
+
+
+def export_timeout() -> float:
+    """Seconds one export may take, and so the most `force_flush` or `shutdown` waits (plus slack)."""
+    for name in (ENV_TRACES_TIMEOUT, ENV_TIMEOUT):
+        raw = os.environ.get(name, "").strip()
+        if raw:
+            return _parse_timeout(name, raw)
+    return DEFAULT_EXPORT_TIMEOUT_SECONDS
+
+
+def _parse_timeout(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        _warn_once(name, raw, DEFAULT_EXPORT_TIMEOUT_SECONDS)
+        return DEFAULT_EXPORT_TIMEOUT_SECONDS
+    if value > _SUSPICIOUS_TIMEOUT_SECONDS:
+        logger.warning(
+            "kiln-otel: %s=%s is read in seconds, as the Python SDK does; process exit may wait that long",
+            name,
+            raw,
+        )
+    return value
+
+
+def _resource(service_name: str) -> Resource:
+    """The SDK's Resource.create (so OTEL_RESOURCE_ATTRIBUTES apply) with our name only as a fallback.
+
+    Resource.create lets an attribute passed in beat the environment, which would stop a deployment
+    from renaming the service; so the name is passed only when the environment has none.
+    """
+    from_env = OTELResourceDetector().detect().attributes.get(SERVICE_NAME)
+    return Resource.create({} if from_env else {SERVICE_NAME: service_name})
+
+
+def traces_file_target(*, default_file: Path | None = None, traces_file: Path | None = None) -> Path | None:
+    """The file `configure_tracing` would write with these arguments here, or None (OTLP, or nowhere).
+
+    For callers that read their own spans back, such as the demo checking its reconstruction.
+    """
+    if _otlp_endpoint():
+        return None
+    return traces_file or _env_path() or default_file
+
+
+def _otlp_endpoint() -> str:
+    return os.environ.get(ENV_TRACES_ENDPOINT, "").strip() or os.environ.get(ENV_ENDPOINT, "").strip()
+
+
+def _exporter(default_file: Path | None, traces_file: Path | None) -> tuple[SpanExporter | None, str]:
+    endpoint = _otlp_endpoint()
+    if endpoint:
+        return _otlp_exporter(endpoint)
+    path = traces_file_target(default_file=default_file, traces_file=traces_file)
+    if path is None:
+        return None, f"nowhere (set {ENV_ENDPOINT} for OTLP or {ENV_TRACES_FILE} for a file)"
+    return OtlpJsonFileExporter(path), f"OTLP JSON lines in {path}"
+
+
+def _env_path() -> Path | None:
+    raw = os.environ.get(ENV_TRACES_FILE, "").strip()
+    return Path(raw) if raw else None
+
+
+def _otlp_exporter(endpoint: str) -> tuple[SpanExporter, str]:
+    """The SDK's exporters read endpoint, headers, TLS and compression from the environment themselves."""
+    timeout = export_timeout()
+    if _protocol() == _HTTP_PROTOBUF:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+
+        return HttpExporter(timeout=timeout), f"OTLP/HTTP (protobuf) to {endpoint}"
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+
+    return GrpcExporter(timeout=timeout), f"OTLP/gRPC to {endpoint}"
+
+
+def _protocol() -> str:
+    """``grpc`` unless told otherwise; ``http/json`` (which the Python SDK cannot send) becomes protobuf."""
+    for name in (ENV_TRACES_PROTOCOL, ENV_PROTOCOL):
+        raw = os.environ.get(name, "").strip().lower()
+        if not raw:
+            continue
+        if raw in (_GRPC, _HTTP_PROTOBUF):
+            return raw
+        fallback = _HTTP_PROTOBUF if raw.startswith("http") else _GRPC
+        _warn_once(name, raw, fallback)
+        return fallback
+    return _GRPC
+
+
+class BoundedBatchSpanProcessor(BatchSpanProcessor):
+    """A BatchSpanProcessor whose `force_flush` and `shutdown` give up after ``bound_seconds``.
+
+    Past the bound, shutdown shuts the exporter down, which aborts its retries and closes its
+    connection; the SDK's worker thread is a daemon, so nothing it still holds can delay exit.
+    """
+
+    def __init__(self, exporter: SpanExporter, *, bound_seconds: float) -> None:
+        super().__init__(exporter)
+        self.bound_seconds = bound_seconds
+        self._closed = False
+
+    def force_flush(self, timeout_millis: int | None = None) -> bool:
+        bound = self.bound_seconds if timeout_millis is None else min(self.bound_seconds, timeout_millis / 1000)
+        flush, flushed = super().force_flush, []
+        finished = _within(lambda: flushed.append(flush()), bound)
+        return finished and all(flushed)
+
+    def shutdown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if not _within(super().shutdown, self.bound_seconds):
+            logger.warning(
+                "kiln-otel: span export did not finish within %.1f s; dropping the spans not yet sent",
+                self.bound_seconds,
+            )
+            self.span_exporter.shutdown()
+
+
+def _within(work: Callable[[], object], seconds: float) -> bool:
+    """Run ``work`` in a daemon thread and wait at most ``seconds``; True if it finished."""
+
+    def run() -> None:
+        try:
+            work()
+        except Exception as exc:
+            logger.warning("kiln-otel: span export failed: %r", exc)
+
+    thread = threading.Thread(target=run, name="kiln-otel-export-bound", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return not thread.is_alive()
