@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from enum import Enum
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import TCPServer
-from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -211,9 +210,7 @@ _HTTP_ERRORS: dict[Fault, _HttpError] = {
     Fault.RATE_LIMIT: _HttpError(
         429, "requests", "rate_limit_exceeded", "Rate limit reached for the scripted model. Try again later."
     ),
-    Fault.SERVER_ERROR: _HttpError(
-        500, "server_error", None, "The server had an error while processing your request."
-    ),
+    Fault.SERVER_ERROR: _HttpError(500, "server_error", None, "The server had an error while processing your request."),
     Fault.SERVICE_UNAVAILABLE: _HttpError(
         503, "server_error", "service_unavailable", "The engine is currently overloaded, try again later."
     ),
@@ -671,12 +668,7 @@ class ScriptedModelServer:
     def __enter__(self) -> ScriptedModelServer:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     @property
@@ -720,14 +712,10 @@ class ScriptedModelServer:
             try:
                 turn = self._dynamic(body)
             except Exception as exc:
-                return _HttpError(
-                    500, "server_error", "script_error", f"scripted server: the script raised {exc!r}"
-                )
+                return _HttpError(500, "server_error", "script_error", f"scripted server: the script raised {exc!r}")
         else:
             assert self._turns is not None
             turn = self._turns[number - 1] if number <= len(self._turns) else None
         if turn is None:
-            return _invalid_request(
-                f"script exhausted: no turn left for request {number}", "script_exhausted"
-            )
+            return _invalid_request(f"script exhausted: no turn left for request {number}", "script_exhausted")
         return turn
