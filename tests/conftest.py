@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -52,3 +54,25 @@ def _strict_internal_errors() -> Iterator[None]:
     yield
     _guard.set_strict(False)
     _guard._reported.clear()
+
+
+def close_implicit_event_loop() -> None:
+    """litellm's sync path calls ``asyncio.get_event_loop()``, which leaves an implicit, never-closed
+    loop on the main thread; the next ``asyncio.run`` drops it and its ResourceWarning then fails
+    whichever test the garbage collector happens to run in. Close it while we still know whose it is."""
+    policy = asyncio.get_event_loop_policy()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            loop = policy.get_event_loop()
+    except RuntimeError:
+        return
+    if not loop.is_running():
+        loop.close()
+        policy.set_event_loop(None)
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_event_loop() -> Iterator[None]:
+    yield
+    close_implicit_event_loop()

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -30,6 +29,7 @@ import litellm
 from litellm import exceptions as lx
 
 from kiln_otel.testing import Fault, Script, ScriptedModelServer, ToolCall, Turn, estimate_tokens
+from tests.conftest import close_implicit_event_loop
 
 litellm.suppress_debug_info = True
 
@@ -42,31 +42,9 @@ LONG_TEXT = "It is sunny in Paris today, with a light breeze and a high of twent
 Serve = Callable[..., ScriptedModelServer]
 
 
-def _close_implicit_event_loop() -> None:
-    """litellm's sync path calls ``asyncio.get_event_loop()``, which leaves an implicit, never-closed
-    loop on the main thread; the next ``asyncio.run`` drops it and its ResourceWarning then fails
-    whichever test the garbage collector happens to run in. Close it while we still know whose it is."""
-    policy = asyncio.get_event_loop_policy()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            loop = policy.get_event_loop()
-    except RuntimeError:
-        return
-    if not loop.is_running():
-        loop.close()
-        policy.set_event_loop(None)
-
-
-@pytest.fixture(autouse=True)
-def _no_leftover_event_loop() -> Iterator[None]:
-    yield
-    _close_implicit_event_loop()
-
-
 def run_async(coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
     """``asyncio.run`` with a bound, so a hung await fails the test instead of the suite."""
-    _close_implicit_event_loop()
+    close_implicit_event_loop()
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
