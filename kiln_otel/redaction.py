@@ -22,8 +22,13 @@ _SECRET_KEYS = (
 )
 # "api_key": "v" / 'api_key': 'v' / api_key="v" : keep the key and the quotes, mask what is between.
 _QUOTED_FIELD = re.compile(rf"""(?i)(["']?(?:{_SECRET_KEYS})["']?\s*[:=]\s*)(["'])((?:\\.|(?!\2)[^\\])*)\2""")
-# The same inside a JSON string that holds JSON (a tool result): \"api_key\": \"v\"
-_ESCAPED_FIELD = re.compile(rf"""(?i)(\\+"(?:{_SECRET_KEYS})\\+"\s*:\s*)(\\+")(.*?)\2""")
+# The same inside a JSON string that holds JSON (a tool result): \"api_key\": \"v\". Inside, an
+# escaped quote of the inner JSON reads \\\" and an escaped backslash \\\\; both belong to the value.
+_ESCAPED_FIELD = re.compile(
+    rf'''(?i)((?<!\\)\\"(?:{_SECRET_KEYS})\\"\s*:\s*)(\\")((?:[^"\\]|\\\\(?:\\"|\\\\|[^"\\]))*)\\"'''
+)
+# Deeper nesting (JSON in JSON in JSON): up to the next quote escaped the same way.
+_DEEP_FIELD = re.compile(rf'''(?i)((?<!\\)(\\{{3,}})"(?:{_SECRET_KEYS})\2"\s*:\s*)(\2")(.*?)(?<!\\)\3''')
 # api_key=v (query strings, kwargs reprs, log lines)
 _BARE_FIELD = re.compile(rf"""(?i)(\b(?:{_SECRET_KEYS})=)([^\s&,;'"\\)\]}}]+)""")
 _BEARER = re.compile(r"(?i)(\b(?:bearer|basic)\s+)[A-Za-z0-9._~+/=\-]{8,}")
@@ -76,6 +81,7 @@ class Redactor:
 
     def _mask_fields(self, text: str) -> str:
         masked = f"\\g<1>\\g<2>{self._replacement}\\g<2>"
+        text = _DEEP_FIELD.sub(f"\\g<1>\\g<3>{self._replacement}\\g<3>", text)
         text = _ESCAPED_FIELD.sub(masked, text)
         text = _QUOTED_FIELD.sub(masked, text)
         text = _BARE_FIELD.sub(f"\\g<1>{self._replacement}", text)
