@@ -8,6 +8,7 @@ when they run: ``kiln-otel --help`` must not wait seconds for litellm.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import re
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from kiln_otel.spans import SpanRecord
 
 __all__ = [
+    "DEFAULT_HTTP_TIMEOUT_SECONDS",
     "DEMO_FAILURES",
     "EXIT_BACKEND_UNREACHABLE",
     "EXIT_CODES",
@@ -42,6 +44,7 @@ __all__ = [
     "EXIT_TRACE_NOT_FOUND",
     "EXIT_UNEXPECTED",
     "EXIT_USAGE",
+    "CliError",
     "main",
 ]
 
@@ -437,7 +440,7 @@ def _http_get(url: str, timeout: float) -> bytes:
             return body
     except urllib.error.HTTPError:
         raise
-    except (urllib.error.URLError, OSError) as error:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
         reason = getattr(error, "reason", error)
         raise CliError(EXIT_BACKEND_UNREACHABLE, f"could not reach {url}: {reason}") from error
 
