@@ -17,18 +17,13 @@ DEFAULT_REPLACEMENT = "[REDACTED]"
 
 RedactHook = Callable[[str], str]
 
-_SECRET_KEYS = (
-    r"api[_-]?key|x-api-key|authorization|proxy-authorization|access[_-]?token|client[_-]?secret|password"
-)
+_SECRET_KEYS = r"api[_-]?key|x-api-key|authorization|proxy-authorization|access[_-]?token|client[_-]?secret|password"
 # "api_key": "v" / 'api_key': 'v' / api_key="v" : keep the key and the quotes, mask what is between.
 _QUOTED_FIELD = re.compile(rf"""(?i)(["']?(?:{_SECRET_KEYS})["']?\s*[:=]\s*)(["'])((?:\\.|(?!\2)[^\\])*)\2""")
-# The same inside a JSON string that holds JSON (a tool result): \"api_key\": \"v\". Inside, an
-# escaped quote of the inner JSON reads \\\" and an escaped backslash \\\\; both belong to the value.
-_ESCAPED_FIELD = re.compile(
-    rf'''(?i)((?<!\\)\\"(?:{_SECRET_KEYS})\\"\s*:\s*)(\\")((?:[^"\\]|\\\\(?:\\"|\\\\|[^"\\]))*)\\"'''
-)
-# Deeper nesting (JSON in JSON in JSON): up to the next quote escaped the same way.
-_DEEP_FIELD = re.compile(rf'''(?i)((?<!\\)(\\{{3,}})"(?:{_SECRET_KEYS})\2"\s*:\s*)(\2")(.*?)(?<!\\)\3''')
+# The same inside a JSON string that holds JSON (a tool result), at any depth: \"api_key\": \"v\".
+# Depth N escapes the key's quotes with 2**N - 1 backslashes; where the value ends is found by
+# counting backslashes (see _value_end), since a value may itself hold escaped quotes.
+_NESTED_FIELD = re.compile(rf'''(?i)(?<!\\)(\\+)"(?:{_SECRET_KEYS})\1"\s*:\s*\1"''')
 # api_key=v (query strings, kwargs reprs, log lines)
 _BARE_FIELD = re.compile(rf"""(?i)(\b(?:{_SECRET_KEYS})=)([^\s&,;'"\\)\]}}]+)""")
 _BEARER = re.compile(r"(?i)(\b(?:bearer|basic)\s+)[A-Za-z0-9._~+/=\-]{8,}")
@@ -81,11 +76,44 @@ class Redactor:
 
     def _mask_fields(self, text: str) -> str:
         masked = f"\\g<1>\\g<2>{self._replacement}\\g<2>"
-        text = _DEEP_FIELD.sub(f"\\g<1>\\g<3>{self._replacement}\\g<3>", text)
-        text = _ESCAPED_FIELD.sub(masked, text)
+        text = _mask_nested_fields(text, self._replacement)
         text = _QUOTED_FIELD.sub(masked, text)
         text = _BARE_FIELD.sub(f"\\g<1>{self._replacement}", text)
         return _BEARER.sub(f"\\g<1>{self._replacement}", text)
+
+
+def _value_end(text: str, start: int, depth: int) -> int | None:
+    """Index of the quote closing a depth-``depth`` string that starts at ``start``, or None.
+
+    A quote preceded by a run of r backslashes closes that string exactly when
+    r mod 2**(depth+1) == 2**depth - 1: fewer low bits set is a shallower quote (impossible inside
+    a well-formed value), all of them set is a quote escaped inside the value itself.
+    """
+    modulus, wanted = 2 ** (depth + 1), 2**depth - 1
+    quote = text.find('"', start)
+    while quote != -1:
+        run = 0
+        while quote - run > start and text[quote - run - 1] == "\\":
+            run += 1
+        if run % modulus == wanted:
+            return quote
+        quote = text.find('"', quote + 1)
+    return None
+
+
+def _mask_nested_fields(text: str, replacement: str) -> str:
+    pieces, position = [], 0
+    for match in _NESTED_FIELD.finditer(text):
+        if match.start() < position:
+            continue
+        escapes = len(match.group(1))
+        depth = (escapes + 1).bit_length() - 1
+        end = _value_end(text, match.end(), depth) if 2**depth - 1 == escapes else None
+        if end is None:
+            continue
+        pieces += [text[position : match.end()], replacement, match.group(1)]
+        position = end
+    return "".join([*pieces, text[position:]]) if pieces else text
 
 
 _DEFAULT = Redactor()
