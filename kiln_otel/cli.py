@@ -29,6 +29,7 @@ from kiln_otel.errors import (
 )
 
 if TYPE_CHECKING:
+    from kiln_otel.demo import DemoResult
     from kiln_otel.payload import ErrorWithTrace
     from kiln_otel.reconstruct import ReconstructedTrace
     from kiln_otel.spans import SpanRecord
@@ -316,7 +317,7 @@ def _demo(args: argparse.Namespace) -> int:
     return EXIT_UNEXPECTED if result.reconstructed_equal is False else EXIT_OK
 
 
-def _print_demo(result: Any, args: argparse.Namespace) -> None:
+def _print_demo(result: DemoResult, args: argparse.Namespace) -> None:
     from kiln_otel.transcript import render_trace
 
     if result.payload is not None:
@@ -324,7 +325,9 @@ def _print_demo(result: Any, args: argparse.Namespace) -> None:
         print("\nErrorWithTrace JSON, as the app got it:")
         _print_json(result.payload.model_dump(mode="json"))
     else:
-        sys.stdout.write(render_trace(result.messages, trace_id=result.trace_id, width=_width(args)))
+        sys.stdout.write(
+            render_trace(result.messages, trace_id=result.trace_id, width=_width(args), color=_use_color(args))
+        )
         print(f"\nFinal answer: {result.answer}")
     print(f"\nspans exported: {result.export}")
     if result.traces_file is None:

@@ -121,6 +121,8 @@ class DemoResult:
     payload: ErrorWithTrace | None
     """The app's ErrorWithTrace; None when the run succeeded (``--fail none``)."""
     answer: str | None
+    messages: list[Any]
+    """The run's messages as JSON data, failed or not."""
     trace_id: str | None
     export: str
     traces_file: Path | None
@@ -168,6 +170,7 @@ def run_demo(
     return DemoResult(
         payload=outcome.payload,
         answer=outcome.answer,
+        messages=outcome.messages,
         trace_id=outcome.trace_id,
         export=where,
         traces_file=traces_file,

@@ -14,10 +14,11 @@ neither set                                  OTLP JSON lines in a file: ``traces
 
 Exit is bounded. The SDK's batch processor joins its worker for up to 30 s at shutdown, then exports
 what is queued one batch at a time, each with a fresh exporter timeout, and its ``force_flush`` has no
-bound at all: an unreachable collector could hold a finishing process for minutes. Here both
-``force_flush`` and ``shutdown`` return within the export timeout (``OTEL_EXPORTER_OTLP_TRACES_TIMEOUT``
+bound at all: an unreachable collector could hold a finishing process for minutes. Here
+``force_flush`` and ``shutdown`` each return within the export timeout (``OTEL_EXPORTER_OTLP_TRACES_TIMEOUT``
 > ``OTEL_EXPORTER_OTLP_TIMEOUT`` > 10, in seconds as the Python SDK reads them) plus
-`SHUTDOWN_SLACK_SECONDS`; what is still unsent then is dropped. Losing telemetry beats hanging an app.
+`SHUTDOWN_SLACK_SECONDS`, and a flush followed by a shutdown within that once; what is still unsent
+then is dropped. Losing telemetry beats hanging an app.
 """
 
 from __future__ import annotations
@@ -181,25 +182,30 @@ class BoundedBatchSpanProcessor(BatchSpanProcessor):
     """A BatchSpanProcessor whose `force_flush` and `shutdown` give up after ``bound_seconds``.
 
     Past the bound, shutdown shuts the exporter down, which aborts its retries and closes its
-    connection; the SDK's worker thread is a daemon, so nothing it still holds can delay exit.
+    connection; the SDK's worker thread is a daemon, so nothing it still holds can delay exit. A
+    flush that already ran out of time means the backend is not answering, so the shutdown after it
+    does not wait a second time: flush then shutdown, the usual way out, waits one bound in all.
     """
 
     def __init__(self, exporter: SpanExporter, *, bound_seconds: float) -> None:
         super().__init__(exporter)
         self.bound_seconds = bound_seconds
+        self._stalled = False
         self._closed = False
 
     def force_flush(self, timeout_millis: int | None = None) -> bool:
         bound = self.bound_seconds if timeout_millis is None else min(self.bound_seconds, timeout_millis / 1000)
         flush, flushed = super().force_flush, []
-        finished = _within(lambda: flushed.append(flush()), bound)
-        return finished and all(flushed)
+        if not _within(lambda: flushed.append(flush()), 0.0 if self._stalled else bound):
+            self._stalled = True
+            return False
+        return all(flushed)
 
     def shutdown(self) -> None:
         if self._closed:
             return
         self._closed = True
-        if not _within(super().shutdown, self.bound_seconds):
+        if not _within(super().shutdown, 0.0 if self._stalled else self.bound_seconds):
             logger.warning(
                 "kiln-otel: span export did not finish within %.1f s; dropping the spans not yet sent",
                 self.bound_seconds,

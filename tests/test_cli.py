@@ -106,6 +106,8 @@ OUTPUT_DEMO = "unavailable"
 def _demo_args(name: str) -> list[str]:
     if name == "default":
         return []
+    if name == "none-text":
+        return ["--fail", "none", "--timeout", ROOMY_TIMEOUT]
     timeout = [] if name == "timeout" else ["--timeout", ROOMY_TIMEOUT]
     output = ["--output", "out/t.jsonl"] if name == OUTPUT_DEMO else []
     return ["--json", "--fail", name, *timeout, *output]
@@ -114,7 +116,7 @@ def _demo_args(name: str) -> list[str]:
 @pytest.fixture(scope="module")
 def demos(tmp_path_factory: pytest.TempPathFactory) -> Mapping[str, Demo]:
     """Every demo the tests read, each in its own directory, so each writes its own trace file."""
-    names = ["default", *DEMO_FAILURES]
+    names = ["default", *DEMO_FAILURES, "none-text"]
 
     def run(name: str) -> Demo:
         cwd = tmp_path_factory.mktemp(f"demo-{name}")
@@ -194,6 +196,16 @@ def test_a_successful_run_prints_its_answer_and_rebuilds(demos: Mapping[str, Dem
     assert output["payload"] is None
     assert output["answer"].startswith("Lisbon looks great")
     assert output["reconstructed_equal"] is True
+
+
+def test_a_successful_run_as_text(demos: Mapping[str, Demo]) -> None:
+    demo = demos["none-text"]
+    assert demo.result.returncode == EXIT_OK, demo.result.stderr
+    out = demo.result.stdout
+    assert "[6] assistant\n    Lisbon looks great" in out
+    assert "✗" not in out
+    assert "\nFinal answer: Lisbon looks great" in out
+    assert out.endswith("rebuilt from kiln-otel-traces.jsonl: identical\n")
 
 
 def test_the_demo_writes_where_it_is_told(demos: Mapping[str, Demo]) -> None:
