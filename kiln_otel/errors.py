@@ -55,6 +55,9 @@ class KilnRunError(Exception):
         span_id: str | None = None,
     ) -> None:
         super().__init__(message)
+        # Set here, not only by ``raise ... from``: `TracedRun.fail` hands back a nested run's error
+        # unchanged, and ``raise run.fail(e) from e`` would then make it its own cause.
+        self.__cause__ = original
         self.message = message
         self.partial_trace = partial_trace
         self.original = original

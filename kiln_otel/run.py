@@ -150,7 +150,9 @@ class TracedRun:
     def fail(self, exc: BaseException) -> KilnRunError:
         """Record ``exc`` on the span, end the run, and return the `KilnRunError` to raise.
 
-        A `KilnRunError` (from a nested run, say) is returned unchanged, never wrapped twice.
+        Use it as ``except Exception as e: raise run.fail(e)``: the error's ``__cause__`` is already
+        the original. A `KilnRunError` (from a nested run, say) is returned unchanged, never wrapped
+        twice.
         """
         original = exc.original if isinstance(exc, KilnRunError) else exc
         message = format_error_message(exc, redact=self.settings.redact)
@@ -201,7 +203,7 @@ class TracedRun:
             return
         error = self.fail(exc)
         if isinstance(exc, Exception) and error is not exc:
-            raise error from exc
+            raise error
 
     async def __aenter__(self) -> TracedRun:
         return self.__enter__()

@@ -88,11 +88,8 @@ class BaseAdapter:
         trace_ref = run.messages
         try:
             output = self._run(task_input, trace_ref)
-        except KilnRunError as e:
-            run.fail(e)  # a nested run's error: this run failed too, the error passes through as is
-            raise
         except Exception as e:
-            raise run.fail(e) from e
+            raise run.fail(e)  # noqa: B904 - its __cause__ is the original already
         run.end()
         return output
 

@@ -207,3 +207,20 @@ def test_no_provider_costs_no_recording() -> None:
     assert caught.value.trace_id is None
     assert caught.value.partial_trace == [USER]
     assert run.messages._recorder is None
+
+
+def test_raise_fail_keeps_the_original_as_cause_even_when_passing_through(tracing: Tracing) -> None:
+    original = ProviderError("root cause")
+    inner = traced_run("inner", tracer_provider=tracing.provider)
+    outer = traced_run("outer", tracer_provider=tracing.provider)
+    with pytest.raises(KilnRunError) as caught:
+        try:
+            try:
+                raise original
+            except Exception as exc:
+                raise inner.fail(exc)  # noqa: B904 - the cause is set by KilnRunError itself
+        except Exception as exc:
+            raise outer.fail(exc)  # noqa: B904
+    assert caught.value.original is original
+    assert caught.value.__cause__ is original
+    assert tracing.span("invoke_agent outer").status.status_code is StatusCode.ERROR
