@@ -51,14 +51,15 @@ class _Painter:
 def render_transcript(payload: ErrorWithTrace, *, width: int = 100, color: bool = False) -> str:
     """The payload's trace, message by message, then the error and the trace id.
 
-    ``width`` bounds every line (wrapped text, abbreviated arguments); ``color`` adds ANSI colours.
+    ``width`` bounds the lines (text is wrapped, tool arguments abbreviated; only an unbreakable name
+    or id can overrun it); ``color`` adds ANSI colours.
     """
     paint = _Painter(color)
     lines = _render_messages(payload.trace, width, paint)
     if not payload.trace_complete:
         lines.append(paint("mark", "! the trace is incomplete: the telemetry it was rebuilt from lost something"))
-    lines.append(paint("error", f"✗ {payload.error_type}: ") + _one_line(payload.message))
-    lines.append(_trace_line(payload.trace_id, payload.span_id, paint))
+    lines.extend(_error_lines(payload.error_type, payload.message, width, paint))
+    lines.extend(_trace_lines(payload.trace_id, payload.span_id, width, paint))
     return "\n".join(lines) + "\n"
 
 
@@ -75,7 +76,7 @@ def render_trace(
     lines = _render_messages(messages, width, paint)
     if note:
         lines.append(paint("mark", note))
-    lines.append(_trace_line(trace_id, None, paint))
+    lines.extend(_trace_lines(trace_id, None, width, paint))
     return "\n".join(lines) + "\n"
 
 
@@ -88,11 +89,23 @@ def _render_messages(messages: Sequence[Any] | None, width: int, paint: _Painter
     return lines
 
 
-def _trace_line(trace_id: str | None, span_id: str | None, paint: _Painter) -> str:
+def _error_lines(error_type: str, message: str, width: int, paint: _Painter) -> list[str]:
+    head = f"✗ {error_type}:"
+    first, *rest = textwrap.wrap(f"{head} {_one_line(message)}", max(width, 20), subsequent_indent="  ")
+    if first.startswith(head):  # else a type name too long for one line was broken: leave it plain
+        first = paint("error", head) + first[len(head) :]
+    return [first, *rest]
+
+
+def _trace_lines(trace_id: str | None, span_id: str | None, width: int, paint: _Painter) -> list[str]:
     if not trace_id:
-        return paint("dim", "trace id: none (the run was not recorded)")
-    suffix = f"  (run span {span_id})" if span_id else ""
-    return paint("dim", f"trace id: {trace_id}{suffix}")
+        return [paint("dim", "trace id: none (the run was not recorded)")]
+    line, span = f"trace id: {trace_id}", f"(run span {span_id})" if span_id else ""
+    if not span:
+        return [paint("dim", line)]
+    if len(line) + 2 + len(span) <= width:
+        return [paint("dim", f"{line}  {span}")]
+    return [paint("dim", line), paint("dim", span)]
 
 
 # --- One message ---------------------------------------------------------------------------------
@@ -158,11 +171,13 @@ def _extras(message: Mapping[str, Any], width: int, paint: _Painter) -> list[str
 
 def _tool_call_line(call: Any, width: int, paint: _Painter) -> str:
     function = call.get("function") if isinstance(call, Mapping) else None
-    name = function.get("name") if isinstance(function, Mapping) else None
+    name = str(function.get("name") or "?") if isinstance(function, Mapping) else "?"
     arguments = function.get("arguments") if isinstance(function, Mapping) else call
     call_id = call.get("id") if isinstance(call, Mapping) else None
-    shown = _abbreviate(_one_line(_as_text(arguments)), min(_MAX_ARGUMENTS, max(20, width - 30)))
-    return f"{_INDENT}→ {name or '?'}({shown})" + (paint("dim", f"  id {call_id}") if call_id else "")
+    suffix = f"  id {call_id}" if call_id else ""
+    room = width - len(f"{_INDENT}→ {name}(){suffix}")
+    shown = _abbreviate(_one_line(_as_text(arguments)), max(20, min(_MAX_ARGUMENTS, room)))
+    return f"{_INDENT}→ {name}({shown})" + paint("dim", suffix)
 
 
 # --- Text ----------------------------------------------------------------------------------------

@@ -72,12 +72,17 @@ def test_no_line_exceeds_the_width_and_long_content_says_how_much_was_cut() -> N
     assert "more characters not shown (10,000 in all)" in text
 
 
-def test_long_tool_arguments_are_abbreviated_on_one_line() -> None:
+@pytest.mark.parametrize("width", [60, 100, 300])
+def test_long_tool_arguments_and_errors_stay_within_the_width(width: int) -> None:
     call = {"id": "c1", "function": {"name": "write", "arguments": '{"text": "' + "x" * 5000 + '"}'}}
-    text = render_transcript(payload([{"role": "assistant", "tool_calls": [call]}]))
+    long_error = payload([{"role": "assistant", "tool_calls": [call]}], message="It broke. " * 40)
+    text = render_transcript(long_error, width=width, color=True)
     line = next(line for line in text.splitlines() if "→ write(" in line)
     assert "…" in line
-    assert len(line) < 250
+    assert len(render_transcript(long_error, width=width).splitlines()[1]) <= width
+    plain = render_transcript(long_error, width=width)
+    assert all(len(line) <= width for line in plain.splitlines())
+    assert "\x1b[1;31m✗ RateLimitError:\x1b[0m It broke." in text
 
 
 @pytest.mark.parametrize(
