@@ -98,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except CliError as error:
         return _fail(error.code, str(error))
+    except AmbiguousTraceError as error:
+        return _fail(EXIT_USAGE, f"{error} (choose with --trace-id / --span-id)")
     except ReconstructionError as error:
         return _fail(_reconstruction_exit_code(error), str(error))
     except KeyboardInterrupt:
@@ -117,7 +119,6 @@ def _reconstruction_exit_code(error: ReconstructionError) -> int:
         (TraceNotFoundError, EXIT_TRACE_NOT_FOUND),
         (NotKilnTelemetryError, EXIT_NOT_KILN),
         (MalformedTelemetryError, EXIT_MALFORMED),
-        (AmbiguousTraceError, EXIT_USAGE),
     ]
     return next((code for cls, code in codes if isinstance(error, cls)), EXIT_UNEXPECTED)
 

@@ -358,6 +358,17 @@ def test_unknown_trace_id(demos: Mapping[str, Demo]) -> None:
     assert "f" * 32 in result.stderr
 
 
+def test_several_runs_need_a_trace_id(demos: Mapping[str, Demo], tmp_path: Path) -> None:
+    both = tmp_path / "both.jsonl"
+    both.write_bytes(demos["auth"].file.read_bytes() + demos["timeout"].file.read_bytes())
+    result = kiln_otel("reconstruct", "--file", str(both), cwd=tmp_path)
+    assert result.returncode == EXIT_USAGE
+    assert "--trace-id" in result.stderr
+    trace_id = demos["timeout"].json()["trace_id"]
+    chosen = kiln_otel("reconstruct", "--file", str(both), "--trace-id", trace_id.upper(), "--json", cwd=tmp_path)
+    assert json.loads(chosen.stdout)["error_type"] == "Timeout"
+
+
 def test_telemetry_not_from_kiln_otel(tmp_path: Path) -> None:
     _foreign_spans(tmp_path / "other.jsonl")
     result = kiln_otel("reconstruct", "--file", "other.jsonl", cwd=tmp_path)
