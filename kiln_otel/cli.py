@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import sys
+import textwrap
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
@@ -154,7 +155,7 @@ def _subparser(commands: Any, name: str, help_text: str, description: str) -> ar
     parser: argparse.ArgumentParser = commands.add_parser(
         name,
         help=help_text,
-        description=description,
+        description=textwrap.fill(description, 100),
         epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
