@@ -6,8 +6,13 @@ collector's file output: the point of kiln-otel is that the telemetry alone is e
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -141,3 +146,36 @@ def test_collector_masks_a_key_the_client_did_not(
     text = pipeline.read_file_lines(trace_id)
     assert secret not in text
     assert "plain-text-secret-42" not in text
+
+
+def kiln_otel_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    script = Path(sys.executable).with_name("kiln-otel")
+    return subprocess.run([str(script), *args], capture_output=True, text=True, timeout=120, env=env, cwd=cwd)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_demo_through_the_pipeline_rebuilds_from_jaeger_via_the_cli(
+    pipeline: Pipeline, tmp_path: Path, protocol: str
+) -> None:
+    endpoint = pipeline.otlp_grpc_endpoint if protocol == "grpc" else pipeline.otlp_http_endpoint
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env |= {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": protocol}
+    demo = kiln_otel_cli("demo", "--json", env=env, cwd=tmp_path)
+    assert demo.returncode == 0, demo.stderr
+    printed = json.loads(demo.stdout)
+    payload = ErrorWithTrace.model_validate(printed["payload"])
+    assert payload.error_type == "RateLimitError"
+    trace_id = printed["trace_id"]
+    assert not (tmp_path / "kiln-otel-traces.jsonl").exists()  # it went over OTLP, not to the file
+
+    body = pipeline.fetch_jaeger_v3(trace_id, min_spans=4)  # run, 3 chat, tools
+    assert reconstruct_error(body, trace_id) == payload
+    rebuilt = kiln_otel_cli(
+        "reconstruct", "--jaeger", pipeline.jaeger_query_url, trace_id, "--json", env=env, cwd=tmp_path
+    )
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert ErrorWithTrace.model_validate(json.loads(rebuilt.stdout)) == payload
+    transcript = kiln_otel_cli("reconstruct", "--jaeger", pipeline.jaeger_query_url, trace_id, env=env, cwd=tmp_path)
+    assert "Rate limit exceeded" in transcript.stdout
+    missing = kiln_otel_cli("reconstruct", "--jaeger", pipeline.jaeger_query_url, "0" * 31 + "1", env=env, cwd=tmp_path)
+    assert missing.returncode == 3, missing.stderr
