@@ -92,9 +92,8 @@ def test_two_tool_rounds_then_an_answer(tracing: Tracing, serve: Serve) -> None:
         ["chat scripted"] * 3 + ["execute_tool get_weather"] * 2 + ["execute_tool get_time"]
     )
     assert run_span.status.status_code is StatusCode.UNSET
-    assert (
-        len(spans_named(tracing, "kiln_otel.message") + [e for e in run_span.events if e.name.startswith("kiln")]) == 7
-    )
+    assert len([e for e in run_span.events if e.name.startswith(wire.EVENT_MESSAGE_PREFIX)]) == 7
+    assert all(not s.events for s in spans_named(tracing, "chat"))
 
 
 def test_tool_span_attributes_and_opt_in_content(tracing: Tracing, serve: Serve) -> None:
