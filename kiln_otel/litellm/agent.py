@@ -158,9 +158,7 @@ class _ToolRunner:
             try:
                 result = await _invoke(handler, parsed)
             except Exception as exc:
-                return self._failure(
-                    span, call_id, exc, f"Tool {name!r} raised {type(exc).__name__}: {safe_text(exc)}"
-                )
+                return self._failure(span, call_id, exc, f"Tool {name!r} raised {type(exc).__name__}: {safe_text(exc)}")
             content = result if isinstance(result, str) else serialize(result)[0].decode()
             self._capture(span, wire.ATTR_GEN_AI_TOOL_CALL_RESULT, content)
             return _Outcome({"role": "tool", "tool_call_id": call_id, "content": content})
@@ -175,9 +173,7 @@ class _ToolRunner:
             wire.ATTR_GEN_AI_TOOL_CALL_ID: call_id,
             wire.ATTR_GEN_AI_TOOL_TYPE: wire.TOOL_TYPE_FUNCTION,
         }
-        return self._tracer.start_span(
-            wire.tool_span_name(name), kind=SpanKind.INTERNAL, attributes=attributes
-        )
+        return self._tracer.start_span(wire.tool_span_name(name), kind=SpanKind.INTERNAL, attributes=attributes)
 
     def _resolve(self, name: str, arguments: object) -> tuple[ToolHandler, dict[str, Any]]:
         """The handler and its keyword arguments; ValueError (the model's mistake) when there are none."""
@@ -231,7 +227,5 @@ def _parse_arguments(name: str, arguments: object) -> dict[str, Any]:
     except ValueError as exc:
         raise ValueError(f"The arguments for tool {name!r} are not valid JSON: {exc}") from None
     if not isinstance(parsed, dict):
-        raise ValueError(
-            f"The arguments for tool {name!r} must be a JSON object, got {type(parsed).__name__}."
-        )
+        raise ValueError(f"The arguments for tool {name!r} must be a JSON object, got {type(parsed).__name__}.")
     return parsed

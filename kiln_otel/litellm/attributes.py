@@ -58,9 +58,7 @@ def provider_name(litellm_provider: str) -> str:
     return PROVIDER_NAMES.get(litellm_provider, litellm_provider)
 
 
-def split_model(
-    model: str, custom_llm_provider: str | None, known_providers: Container[str]
-) -> tuple[str | None, str]:
+def split_model(model: str, custom_llm_provider: str | None, known_providers: Container[str]) -> tuple[str | None, str]:
     """(litellm provider or None, model name without the provider prefix), as litellm routes it.
 
     A prefix counts only when litellm knows it: ``meta-llama/Llama-3`` names a model, not a provider.
@@ -123,9 +121,7 @@ _REQUEST_PARAMETERS: tuple[tuple[str, str, Callable[[object], AttributeValue | N
 )
 
 
-def request_attributes(
-    kwargs: Mapping[str, Any], known_providers: Container[str] = ()
-) -> dict[str, AttributeValue]:
+def request_attributes(kwargs: Mapping[str, Any], known_providers: Container[str] = ()) -> dict[str, AttributeValue]:
     """Everything known before the call: what samplers and the span name need, set at span start."""
     model = kwargs.get("model")
     model = model if isinstance(model, str) else ""

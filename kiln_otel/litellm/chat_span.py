@@ -162,19 +162,21 @@ class ChatCall:
 
     @contextmanager
     def active(self) -> Iterator[None]:
-        """The chat span as the current span while litellm runs, so HTTP client spans nest under it."""
+        """Around the litellm call: the chat span is current (HTTP client spans nest under it), and
+        whatever the call raises is recorded, then re-raised untouched."""
         token = otel_context.attach(trace.set_span_in_context(self.span))
         flag = _in_call.set(True)
         try:
             yield
+        except BaseException as exc:
+            self.failed(exc)
+            raise
         finally:
             _in_call.reset(flag)
             otel_context.detach(token)
 
     # --- the four endings ---------------------------------------------------------------------
-    def answered(
-        self, response: Any, record_to: MutableSequence[Any] | None, *, estimated: bool = False
-    ) -> None:
+    def answered(self, response: Any, record_to: MutableSequence[Any] | None, *, estimated: bool = False) -> None:
         """Append the answer to the caller's list (the app's behaviour, so outside the guard), then end."""
         message = assistant_message(response)
         if message is not None and record_to is not None:

@@ -40,9 +40,7 @@ async def traced_acompletion(
     """
     litellm = require_litellm()
     kwargs = {**litellm_kwargs, "messages": messages}
-    return await call_async(
-        litellm.acompletion, (), kwargs, messages, Telemetry(tracer_provider, meter_provider)
-    )
+    return await call_async(litellm.acompletion, (), kwargs, messages, Telemetry(tracer_provider, meter_provider))
 
 
 def traced_completion(
@@ -67,11 +65,7 @@ def call_sync(
 ) -> Any:
     call, kwargs = _begin(func, args, kwargs, telemetry)
     with call.active():
-        try:
-            response = func(*args, **kwargs)
-        except BaseException as exc:
-            call.failed(exc)
-            raise
+        response = func(*args, **kwargs)
     return _complete(call, response, record_to, TracedStream)
 
 
@@ -84,11 +78,7 @@ async def call_async(
 ) -> Any:
     call, kwargs = _begin(func, args, kwargs, telemetry)
     with call.active():
-        try:
-            response = await func(*args, **kwargs)
-        except BaseException as exc:
-            call.failed(exc)
-            raise
+        response = await func(*args, **kwargs)
     return _complete(call, response, record_to, AsyncTracedStream)
 
 
@@ -97,9 +87,7 @@ def _parameter_names(func: Callable[..., Any]) -> tuple[str, ...]:
     return tuple(inspect.signature(func).parameters)
 
 
-def _request_view(
-    func: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]
-) -> dict[str, Any]:
+def _request_view(func: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """The call's arguments by name (``litellm.completion("gpt-4o", msgs)`` passes model positionally)."""
     if not args:
         return dict(kwargs)

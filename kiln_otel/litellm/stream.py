@@ -71,6 +71,15 @@ class StreamState:
         if self._claim():
             self.call.abandoned()
 
+    def stopped(self, exc: BaseException) -> None:
+        """What iteration raising ``exc`` means: the end, a failure, or (cancelled, interrupted) a caller gone."""
+        if isinstance(exc, (StopIteration, StopAsyncIteration)):
+            self.finished()
+        elif isinstance(exc, Exception):
+            self.failed(exc)
+        else:
+            self.abandoned()
+
     def _claim(self) -> bool:
         if self.done:
             return False
@@ -134,14 +143,8 @@ class TracedStream(_StreamWrapper):
     def __next__(self) -> Any:
         try:
             chunk = next(self._inner)
-        except StopIteration:
-            self._state.finished()
-            raise
-        except Exception as exc:
-            self._state.failed(exc)
-            raise
-        except BaseException:
-            self._state.abandoned()
+        except BaseException as exc:
+            self._state.stopped(exc)
             raise
         self._state.received(chunk)
         return chunk
@@ -171,14 +174,8 @@ class AsyncTracedStream(_StreamWrapper):
     async def __anext__(self) -> Any:
         try:
             chunk = await self._inner.__anext__()
-        except StopAsyncIteration:
-            self._state.finished()
-            raise
-        except Exception as exc:
-            self._state.failed(exc)
-            raise
-        except BaseException:
-            self._state.abandoned()
+        except BaseException as exc:
+            self._state.stopped(exc)
             raise
         self._state.received(chunk)
         return chunk
