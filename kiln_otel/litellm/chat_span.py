@@ -12,7 +12,7 @@ import functools
 import threading
 import time
 import traceback
-from collections.abc import Iterator, Mapping, MutableSequence
+from collections.abc import Callable, Iterator, Mapping, MutableSequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -211,7 +211,7 @@ class ChatCall:
             self._ended = True
             return True
 
-    def _guard(self, where: str, func: Any, *args: Any) -> None:
+    def _guard(self, where: str, func: Callable[..., object], *args: Any) -> None:
         try:
             func(*args)
         except Exception as exc:
