@@ -55,9 +55,7 @@ def per_call(fn: Callable[[], None], calls: int) -> float:
     return (time.perf_counter() - start) / calls
 
 
-def interleaved(
-    baseline: Callable[[], float], subject: Callable[[], float], rounds: int
-) -> tuple[float, float]:
+def interleaved(baseline: Callable[[], float], subject: Callable[[], float], rounds: int) -> tuple[float, float]:
     base, subj = [], []
     for _ in range(rounds):
         base.append(baseline())
@@ -139,9 +137,7 @@ def bench_reconstruct(rounds: int) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=41)
     parser.add_argument("--json", action="store_true", help="print machine-readable results")
     args = parser.parse_args()

@@ -31,9 +31,7 @@ _PROVIDER_RULES: dict[str, _Rule] = {
         "The conversation is too long for the model's context window. "
         "Shorten the input or use a model with a larger context window."
     ),
-    "ContentPolicyViolationError": lambda e, t: (
-        "The model provider refused the request under its content policy."
-    ),
+    "ContentPolicyViolationError": lambda e, t: "The model provider refused the request under its content policy.",
     "RateLimitError": lambda e, t: "Rate limit exceeded. Wait a moment and try again.",
     "AuthenticationError": lambda e, t: "Authentication with the model provider failed. Check your API key.",
     "PermissionDeniedError": lambda e, t: (

@@ -80,9 +80,7 @@ def _outermost(runs: list[SpanRecord], by_id: Mapping[str, SpanRecord]) -> list[
     return result
 
 
-def find_run(
-    spans: Sequence[SpanRecord], trace_id: str | None = None, span_id: str | None = None
-) -> SpanRecord:
+def find_run(spans: Sequence[SpanRecord], trace_id: str | None = None, span_id: str | None = None) -> SpanRecord:
     """The one run span the caller means, or an error that says how to be more specific."""
     if not spans:
         raise TraceNotFoundError("the telemetry holds no spans at all")
@@ -214,9 +212,7 @@ def reconstruct_error(
     trace = reconstruct_trace(source, trace_id=trace_id, span_id=span_id)
     run = trace.run
     if run.status_code != "ERROR":
-        raise ReconstructionError(
-            f"run {run.span_id} in trace {run.trace_id} did not fail (status {run.status_code})"
-        )
+        raise ReconstructionError(f"run {run.span_id} in trace {run.trace_id} did not fail (status {run.status_code})")
     return ErrorWithTrace(
         message=run.status_message,
         error_type=_error_type(run),

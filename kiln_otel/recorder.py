@@ -122,9 +122,7 @@ class Recorder:
             report_internal_error("Recorder." + name, exc)
 
     def _emit(self, name: str, attributes: dict[str, Any], size: int) -> None:
-        if self._events_left <= 0 or (
-            size > self._bytes_left and self._bytes_left < self.settings.max_span_bytes
-        ):
+        if self._events_left <= 0 or (size > self._bytes_left and self._bytes_left < self.settings.max_span_bytes):
             self._next_segment()
         attributes[wire.ATTR_EVENT_SEQ] = self._seq
         self._seq += 1

@@ -127,8 +127,7 @@ def _from_protobuf(data: bytes) -> list[SpanRecord]:
         request = ExportTraceServiceRequest.FromString(data)
     except (DecodeError, ValueError) as err:
         raise MalformedTelemetryError(
-            f"expected {_EXPECTED}; found {found}, neither JSON nor a protobuf ExportTraceServiceRequest "
-            f"({err})"
+            f"expected {_EXPECTED}; found {found}, neither JSON nor a protobuf ExportTraceServiceRequest ({err})"
         ) from err
     if not request.resource_spans:
         raise MalformedTelemetryError(
@@ -199,11 +198,7 @@ def _from_json_value(value: object, where: str) -> list[SpanRecord]:
     if isinstance(value, Mapping):
         return _from_json_object(value, where)
     if isinstance(value, list):
-        return [
-            record
-            for index, item in enumerate(value)
-            for record in _from_json_value(item, f"{where}[{index}]")
-        ]
+        return [record for index, item in enumerate(value) for record in _from_json_value(item, f"{where}[{index}]")]
     raise MalformedTelemetryError(f"{where}expected a JSON object holding {_EXPECTED}; found {_show(value)}")
 
 
@@ -287,9 +282,7 @@ def _otlp_attributes(owner: Mapping[Any, Any], where: str) -> dict[str, Any]:
     for n, pair in enumerate(_list(owner, "attributes", where)):
         at = f"{where}.attributes[{n}]"
         pair = _mapping(pair, at)
-        attributes[_str(_get(pair, "key"), f"{at}.key")] = _any_value(
-            _get(pair, "value") or {}, f"{at}.value"
-        )
+        attributes[_str(_get(pair, "key"), f"{at}.key")] = _any_value(_get(pair, "value") or {}, f"{at}.value")
     return attributes
 
 
@@ -353,9 +346,7 @@ def _status_code(code: object, where: str) -> str:
             return name
         if name.isdigit() and int(name) < len(_STATUS_NAMES):
             return _STATUS_NAMES[int(name)]
-    raise MalformedTelemetryError(
-        f"{where}: expected a status code 0-2 or UNSET/OK/ERROR; found {_show(code)}"
-    )
+    raise MalformedTelemetryError(f"{where}: expected a status code 0-2 or UNSET/OK/ERROR; found {_show(code)}")
 
 
 # --- Jaeger's legacy /api/traces JSON ----------------------------------------------------------
@@ -477,9 +468,7 @@ def _json_array_or_text(text: str) -> Any:
         parsed = json.loads(text)
     except ValueError:
         return text
-    if isinstance(parsed, list) and all(
-        item is None or isinstance(item, (str, bool, int, float)) for item in parsed
-    ):
+    if isinstance(parsed, list) and all(item is None or isinstance(item, (str, bool, int, float)) for item in parsed):
         return parsed
     return text
 
@@ -539,11 +528,7 @@ def _hex_id(value: object, size: int, where: str) -> str:
 
     Unambiguous: padded base64 of 8 or 16 bytes always ends in ``=``, which is not a hex digit.
     """
-    if (
-        isinstance(value, str)
-        and 0 < len(value) <= 2 * size
-        and all(c in "0123456789abcdefABCDEF" for c in value)
-    ):
+    if isinstance(value, str) and 0 < len(value) <= 2 * size and all(c in "0123456789abcdefABCDEF" for c in value):
         return value.lower().zfill(2 * size)
     if isinstance(value, str):
         try:

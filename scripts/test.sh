@@ -19,8 +19,8 @@ started=$(date +%s)
 bash scripts/backends.sh build >/dev/null
 echo "[test.sh] backends ready in $(( $(date +%s) - started ))s"
 
-.venv/bin/ruff check .
-.venv/bin/ruff format --check .
+.venv/bin/ruff check kiln_otel tests benchmarks
+.venv/bin/ruff format --check kiln_otel tests benchmarks
 .venv/bin/mypy
 export LITELLM_LOCAL_MODEL_COST_MAP=True
 exec .venv/bin/python -m pytest "$@"

@@ -82,17 +82,13 @@ def test_table(exc: BaseException, expected: str) -> None:
 
 
 def test_bad_request_and_not_found_show_redacted_provider_text() -> None:
-    exc = provider_error(
-        litellm.BadRequestError, message="Invalid 'tools[0]': key sk-proj-ABCDEFGHIJKLMNOPQRSTUV used"
-    )
+    exc = provider_error(litellm.BadRequestError, message="Invalid 'tools[0]': key sk-proj-ABCDEFGHIJKLMNOPQRSTUV used")
     message = format_error_message(exc)
     assert message.startswith("The model provider rejected the request: ")
     assert "Invalid 'tools[0]'" in message
     assert "sk-proj-ABCDEFGHIJKLMNOPQRSTUV" not in message
     assert "[REDACTED]" in message
-    not_found = format_error_message(
-        provider_error(litellm.NotFoundError, message="model gpt-9 does not exist")
-    )
+    not_found = format_error_message(provider_error(litellm.NotFoundError, message="model gpt-9 does not exist"))
     assert not_found.startswith("The model or endpoint was not found.")
     assert "gpt-9" in not_found
 
@@ -113,10 +109,7 @@ def test_long_provider_text_is_bounded() -> None:
 
 def test_own_text_is_redacted_too() -> None:
     assert format_error_message(ValueError("api_key=supersecretvalue")) == "api_key=[REDACTED]"
-    assert (
-        format_error_message(ValueError("api_key=supersecretvalue"), redact=None)
-        == "api_key=supersecretvalue"
-    )
+    assert format_error_message(ValueError("api_key=supersecretvalue"), redact=None) == "api_key=supersecretvalue"
 
 
 def test_works_without_litellm_installed() -> None:

@@ -53,9 +53,7 @@ def test_ten_thousand_messages_reconstruct_completely_under_default_limits(traci
 def test_huge_tool_result_is_truncated_valid_and_marked(tracing: Tracing) -> None:
     huge = {"role": "tool", "tool_call_id": "call_9", "content": "x" * 5_000_000}
     with traced_run("huge", tracer_provider=tracing.provider) as run:
-        run.messages.extend(
-            [{"role": "user", "content": "go"}, huge, {"role": "assistant", "content": "done"}]
-        )
+        run.messages.extend([{"role": "user", "content": "go"}, huge, {"role": "assistant", "content": "done"}])
     spans = tracing.spans()
     assert max(len(encode_spans([span]).SerializeToString()) for span in spans) < GRPC_LIMIT / 4
     event = next(e for s in spans for e in s.events if e.name == "kiln_otel.message.tool")
@@ -88,9 +86,7 @@ def test_span_byte_budget_opens_segments(tracing: Tracing) -> None:
 
 
 @pytest.mark.parametrize("setting", ["NO_CONTENT", "false", "no_content"])
-def test_capture_off_keeps_structure_only(
-    tracing: Tracing, monkeypatch: pytest.MonkeyPatch, setting: str
-) -> None:
+def test_capture_off_keeps_structure_only(tracing: Tracing, monkeypatch: pytest.MonkeyPatch, setting: str) -> None:
     monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", setting)
     secret_text = "the patient's private diagnosis"
     messages = conversation(6)

@@ -56,9 +56,7 @@ def test_ids_are_lowercase_hex_and_match_the_span_contexts(spans: tuple[Readable
     context = spans[1].get_span_context()
     assert context is not None
     assert parent["traceId"] == child["traceId"] == f"{context.trace_id:032x}"
-    assert (
-        parent["spanId"] == child["parentSpanId"] == child["links"][0]["spanId"] == f"{context.span_id:016x}"
-    )
+    assert parent["spanId"] == child["parentSpanId"] == child["links"][0]["spanId"] == f"{context.span_id:016x}"
     assert child["links"][0]["traceId"] == parent["traceId"]
     assert "parentSpanId" not in parent
 
@@ -99,9 +97,7 @@ def test_plain_json_values(spans: tuple[ReadableSpan, ...]) -> None:
 # --- OtlpJsonFileExporter ---------------------------------------------------------------------
 
 
-def test_exporter_appends_one_parsable_request_per_export(
-    spans: tuple[ReadableSpan, ...], tmp_path: Path
-) -> None:
+def test_exporter_appends_one_parsable_request_per_export(spans: tuple[ReadableSpan, ...], tmp_path: Path) -> None:
     exporter = OtlpJsonFileExporter(tmp_path / "a" / "b" / "traces.jsonl")
     assert exporter.export(spans[:1]) is SpanExportResult.SUCCESS
     assert exporter.export(spans[1:]) is SpanExportResult.SUCCESS

@@ -47,9 +47,7 @@ def test_import_does_not_pull_litellm_or_web_frameworks() -> None:
         "heavy = [m for m in ('litellm', 'fastapi', 'starlette', 'openai', 'httpx') if m in sys.modules];"
         "print(','.join(heavy))"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert result.stdout.strip() == ""
 
 

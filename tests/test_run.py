@@ -179,9 +179,7 @@ def test_empty_message_exception_uses_class_name(tracing: Tracing) -> None:
     assert str(err) == "ValueError"
 
 
-def test_internal_failure_never_hides_the_original(
-    tracing: Tracing, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_internal_failure_never_hides_the_original(tracing: Tracing, caplog: pytest.LogCaptureFixture) -> None:
     """A redaction hook that explodes breaks our recording, never the app's run or its error."""
     _guard.set_strict(False)
 

@@ -42,9 +42,7 @@ def new_tracer(limits: SpanLimits | None = None) -> tuple[Tracer, InMemorySpanEx
 @pytest.fixture
 def spans() -> tuple[ReadableSpan, ...]:
     tracer, exporter = new_tracer()
-    with tracer.start_as_current_span(
-        "invoke_agent demo", attributes={"kiln_otel.schema_version": 1}
-    ) as root:
+    with tracer.start_as_current_span("invoke_agent demo", attributes={"kiln_otel.schema_version": 1}) as root:
         root.add_event(
             "kiln_otel.message.user",
             {
@@ -74,9 +72,7 @@ def spans() -> tuple[ReadableSpan, ...]:
 
 
 def plain(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
-    return {
-        key: list(value) if isinstance(value, tuple) else value for key, value in (attributes or {}).items()
-    }
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in (attributes or {}).items()}
 
 
 def expected_record(span: ReadableSpan) -> SpanRecord:
@@ -142,9 +138,7 @@ SOURCES: dict[str, Callable[[Sequence[ReadableSpan], Path], object]] = {
     "exporter file": exported_file,
     "jaeger v3 dict": lambda spans, _: {"result": encode_otlp_json(spans)},
     "jaeger v3 text": lambda spans, _: json.dumps({"result": encode_otlp_json(spans)}),
-    "jaeger v3 stream": lambda spans, _: "\n".join(
-        json.dumps({"result": encode_otlp_json([span])}) for span in spans
-    ),
+    "jaeger v3 stream": lambda spans, _: "\n".join(json.dumps({"result": encode_otlp_json([span])}) for span in spans),
 }
 
 
@@ -190,9 +184,7 @@ def test_protobuf_that_looks_like_json_after_a_newline() -> None:
     """Tag 0x0a (a newline) then length 0x7b (a brace): binary that a JSON sniffer would take for text."""
     for size in range(120):
         span = Span(trace_id=b"\x01" * 16, span_id=b"\x02" * 8, name="x" * size)
-        request = ExportTraceServiceRequest(
-            resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=[span])])]
-        )
+        request = ExportTraceServiceRequest(resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=[span])])])
         data = request.SerializeToString()
         if data.startswith(b"\n{"):
             break
@@ -483,9 +475,7 @@ VALUES = st.one_of(
     FLOATS,
     *(st.lists(scalar, max_size=4) for scalar in (TEXT, st.booleans(), INT64, FLOATS)),
 )
-ATTRIBUTES = st.dictionaries(
-    st.text(st.characters(codec="utf-8"), min_size=1, max_size=20), VALUES, max_size=6
-)
+ATTRIBUTES = st.dictionaries(st.text(st.characters(codec="utf-8"), min_size=1, max_size=20), VALUES, max_size=6)
 EVENTS = st.lists(st.tuples(TEXT, ATTRIBUTES), max_size=4)
 
 
@@ -504,9 +494,7 @@ def test_attributes_and_events_survive_every_encoding(
     attributes: dict[str, Any], events: list[tuple[str, dict[str, Any]]]
 ) -> None:
     span = recorded_span(attributes, events)
-    expected_events = tuple(
-        EventRecord(name, 1_000 + n, plain(attrs)) for n, (name, attrs) in enumerate(events)
-    )
+    expected_events = tuple(EventRecord(name, 1_000 + n, plain(attrs)) for n, (name, attrs) in enumerate(events))
     for source in (
         encode_otlp_json([span]),
         json.dumps(encode_otlp_json([span])),

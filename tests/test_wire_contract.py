@@ -12,11 +12,7 @@ NAME = re.compile(r"`((?:kiln_otel|gen_ai|error|server)\.[a-z0-9_.]+)`")
 
 
 def wire_names() -> set[str]:
-    names = {
-        value
-        for key, value in vars(wire).items()
-        if key.isupper() and isinstance(value, str) and "." in value
-    }
+    names = {value for key, value in vars(wire).items() if key.isupper() and isinstance(value, str) and "." in value}
     return {name for name in names if NAME.fullmatch(f"`{name}`")}
 
 
