@@ -8,7 +8,6 @@ is marked errored with a redacted exception event, and the app gets a `KilnRunEr
 
 from __future__ import annotations
 
-import traceback
 from collections.abc import Iterable, Mapping
 from contextvars import ContextVar, Token
 from types import TracebackType
@@ -16,20 +15,21 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
+from opentelemetry.trace import Span, SpanKind, TracerProvider
 from opentelemetry.util.types import AttributeValue
 
 from kiln_otel import wire
 from kiln_otel._guard import report_internal_error
 from kiln_otel.config import Settings, resolve_settings
-from kiln_otel.error_messages import GENERIC_MESSAGE, format_error_message, safe_text
+from kiln_otel.error_messages import GENERIC_MESSAGE, format_error_message
 from kiln_otel.errors import KilnRunError
 from kiln_otel.messages import TracedMessages
 from kiln_otel.recorder import Recorder
 from kiln_otel.redaction import RedactSetting
+from kiln_otel.span_errors import record_failure
 from kiln_otel.version import __version__
 
-__all__ = ["TracedRun", "current_run", "error_type_name", "traced_run"]
+__all__ = ["TracedRun", "current_run", "traced_run"]
 
 _current: ContextVar[TracedRun | None] = ContextVar("kiln_otel_current_run", default=None)
 
@@ -37,12 +37,6 @@ _current: ContextVar[TracedRun | None] = ContextVar("kiln_otel_current_run", def
 def current_run() -> TracedRun | None:
     """The innermost run active in this context, for integrations that attach to it (litellm)."""
     return _current.get()
-
-
-def error_type_name(exc: BaseException) -> str:
-    """``error.type`` per the semantic conventions: the fully qualified class name (builtins bare)."""
-    cls = type(exc)
-    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _suppressed() -> bool:
@@ -167,18 +161,7 @@ class TracedRun:
 
     def _record_error(self, exc: BaseException, message: str) -> None:
         try:
-            redact = self.settings.redact or str
-            stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            self.span.add_event(
-                wire.EVENT_EXCEPTION,
-                {
-                    "exception.type": error_type_name(exc),
-                    "exception.message": redact(safe_text(exc)),
-                    "exception.stacktrace": redact(stack),
-                },
-            )
-            self.span.set_attribute(wire.ATTR_ERROR_TYPE, error_type_name(exc))
-            self.span.set_status(Status(StatusCode.ERROR, message or GENERIC_MESSAGE))
+            record_failure(self.span, exc, self.settings.redact, message or GENERIC_MESSAGE)
         except Exception as internal:
             report_internal_error("TracedRun._record_error", internal)
 

@@ -20,7 +20,7 @@ from opentelemetry.trace import StatusCode
 from kiln_otel import KilnRunError, format_error_message, reconstruct_error, traced_run, wire
 from kiln_otel.encoding import _field
 from kiln_otel.litellm import run_agent
-from kiln_otel.run import error_type_name
+from kiln_otel.span_errors import error_type_name
 from kiln_otel.testing import Fault, ScriptedModelServer, ToolCall, Turn
 from tests.conftest import Tracing
 from tests.test_litellm_completion import USER, WEATHER, Serve, call_kwargs, serve

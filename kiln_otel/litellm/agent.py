@@ -27,10 +27,11 @@ from kiln_otel.config import Settings, resolve_settings
 from kiln_otel.encoding import _field, serialize
 from kiln_otel.error_messages import safe_text
 from kiln_otel.litellm._lazy import require_litellm
-from kiln_otel.litellm.chat_span import INSTRUMENTATION_SCOPE, Telemetry, assistant_message, record_failure
+from kiln_otel.litellm.chat_span import INSTRUMENTATION_SCOPE, Telemetry, assistant_message
 from kiln_otel.litellm.completion import call_async
 from kiln_otel.litellm.stream import AsyncTracedStream
 from kiln_otel.run import current_run
+from kiln_otel.span_errors import record_failure
 from kiln_otel.version import __version__
 
 __all__ = ["OnToolError", "ToolHandler", "run_agent"]

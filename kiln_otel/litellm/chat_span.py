@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterator, Mapping, MutableSequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -22,18 +21,18 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.metrics import MeterProvider
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
+from opentelemetry.trace import Span, SpanKind, TracerProvider
 from opentelemetry.util.types import AttributeValue
 
 from kiln_otel import wire
 from kiln_otel._guard import report_internal_error
 from kiln_otel.encoding import _field
-from kiln_otel.error_messages import safe_text
 from kiln_otel.litellm._lazy import require_litellm
 from kiln_otel.litellm.attributes import provider_name, request_attributes, response_attributes, usage_tokens
 from kiln_otel.litellm.metrics import ChatMetrics, chat_metrics
 from kiln_otel.redaction import RedactHook, resolve_redactor
-from kiln_otel.run import current_run, error_type_name
+from kiln_otel.run import current_run
+from kiln_otel.span_errors import error_type_name, record_failure
 from kiln_otel.version import __version__
 
 __all__ = [
@@ -71,27 +70,6 @@ def run_redaction() -> RedactHook | None:
     """The current run's redaction (which may be off), else the default Redactor: never raw by accident."""
     run = current_run()
     return run.settings.redact if run is not None else resolve_redactor("default")
-
-
-def record_failure(span: Span, exc: BaseException, redact: RedactHook | None) -> None:
-    """ERROR status, ``error.type`` and an exception event, all redacted.
-
-    Not ``span.record_exception``: litellm's exception text and the stack's source lines can embed the
-    request (messages, api_base, sometimes a key), so every string goes through redaction first.
-    """
-    hook = redact or str
-    stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    message = hook(safe_text(exc))
-    span.add_event(
-        wire.EVENT_EXCEPTION,
-        {
-            "exception.type": error_type_name(exc),
-            "exception.message": message,
-            "exception.stacktrace": hook(stack),
-        },
-    )
-    span.set_attribute(wire.ATTR_ERROR_TYPE, error_type_name(exc))
-    span.set_status(Status(StatusCode.ERROR, message))
 
 
 def assistant_message(response: object) -> Any:
