@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import HealthCheck, settings
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from kiln_otel import _guard
 
-# TEMP until tests/backends.py lands
-pytest_plugins = ["tests.backends"] if importlib.util.find_spec("tests.backends") else []
+pytest_plugins = ["tests.backends"]
+
+# Two cores shared with builds and backends: generation speed and timing are not what we test.
+settings.register_profile(
+    "kiln-otel", deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+settings.load_profile("kiln-otel")
 
 # litellm fetches a price map over the network at import unless told not to.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
