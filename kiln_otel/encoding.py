@@ -46,7 +46,7 @@ def _field(message: Any, key: str) -> Any:
 
 
 def message_role(message: Any) -> str | None:
-    role = _field(message, "role")
+    role = message.get("role") if type(message) is dict else _field(message, "role")
     return role if isinstance(role, str) else None
 
 
@@ -170,7 +170,7 @@ def _tool_call_attributes(message: Any, role: str | None, attributes: dict[str, 
         if isinstance(name, str):
             attributes[wire.ATTR_GEN_AI_TOOL_NAME] = name
         return
-    calls = _field(message, "tool_calls")
+    calls = message.get("tool_calls") if type(message) is dict else _field(message, "tool_calls")
     if not calls or not isinstance(calls, (list, tuple)):
         return
     attributes[wire.ATTR_MESSAGE_TOOL_CALL_IDS] = tuple([str(_field(call, "id") or "") for call in calls])
