@@ -290,12 +290,30 @@ def test_user_metadata_is_kept_and_the_chat_span_is_litellms_parent(
         return litellm.ModelResponse()
 
     monkeypatch.setattr(litellm, "completion", fake_completion)
+    monkeypatch.setattr(litellm, "success_callback", [*litellm.success_callback, "otel"])
     metadata = {"tenant": "acme"}
     traced_completion([USER], tracer_provider=tracing.provider, model="openai/x", metadata=metadata)
     assert metadata == {"tenant": "acme"}  # the caller's dict is not mutated
     assert seen["metadata"]["tenant"] == "acme"
     parent = seen["metadata"]["litellm_parent_otel_span"]
     assert parent.get_span_context().span_id == tracing.span("chat x").context.span_id
+
+
+def test_without_litellms_otel_callback_no_parent_span_is_passed(
+    tracing: Tracing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """litellm copies and inspects metadata on every call: a span nobody reads is pure overhead."""
+    seen: dict[str, Any] = {}
+
+    def fake_completion(**kwargs: Any) -> Any:
+        seen.update(kwargs)
+        return litellm.ModelResponse()
+
+    monkeypatch.setattr(litellm, "completion", fake_completion)
+    for name in ("callbacks", "success_callback", "failure_callback", "_async_success_callback"):
+        monkeypatch.setattr(litellm, name, [c for c in getattr(litellm, name) if c != "otel"])
+    traced_completion([USER], tracer_provider=tracing.provider, model="openai/x", metadata={"tenant": "acme"})
+    assert seen["metadata"] == {"tenant": "acme"}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ of this, because they fire late, twice, or not at all (see the litellm reference
 from __future__ import annotations
 
 import functools
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, MutableSequence
@@ -42,6 +43,7 @@ __all__ = [
     "Telemetry",
     "assistant_message",
     "inside_traced_call",
+    "litellm_otel_callback_active",
     "record_failure",
     "run_redaction",
 ]
@@ -70,6 +72,32 @@ def run_redaction() -> RedactHook | None:
     """The current run's redaction (which may be off), else the default Redactor: never raw by accident."""
     run = current_run()
     return run.settings.redact if run is not None else resolve_redactor("default")
+
+
+_CALLBACK_LISTS = (
+    "callbacks",
+    "success_callback",
+    "failure_callback",
+    "_async_success_callback",
+    "_async_failure_callback",
+    "service_callback",
+)
+
+
+def litellm_otel_callback_active() -> bool:
+    """Whether any of litellm's OpenTelemetry loggers is registered (by name or as an instance).
+
+    Only then is the parent-span metadata worth passing: litellm copies and inspects ``metadata`` on
+    every call, which measured about 0.2 ms a call, so we do not hand it a span nobody reads.
+    """
+    litellm = sys.modules.get("litellm")
+    if litellm is None:
+        return False
+    for name in _CALLBACK_LISTS:
+        for callback in getattr(litellm, name, None) or ():
+            if callback == "otel" or any(cls.__name__ == "OpenTelemetry" for cls in type(callback).__mro__):
+                return True
+    return False
 
 
 def assistant_message(response: object) -> Any:
@@ -133,6 +161,8 @@ class ChatCall:
         """
         metadata = kwargs.get("metadata")
         if not self.recording or not (metadata is None or isinstance(metadata, Mapping)):
+            return kwargs
+        if not litellm_otel_callback_active():
             return kwargs
         if metadata is not None and LITELLM_PARENT_SPAN_KEY in metadata:
             return kwargs
