@@ -3,11 +3,13 @@
     pip install -e '.[bench]'      # adds openinference-instrumentation-litellm, for comparison only
     python benchmarks/bench_litellm.py [--rounds N] [--json]
 
-Variants, interleaved round by round so machine noise hits them alike; each figure is the median
-wall time of one run (10 model calls over loopback HTTP, 9 tool calls):
+Variants, interleaved round by round (order rotated) so machine noise hits them alike. One run is
+10 model calls over loopback HTTP and 9 tool calls; each ratio is the median over rounds of a run's
+wall time over the baseline's in the same round:
 
 - uninstrumented: a plain loop calling ``litellm.acompletion`` and the tools (the baseline);
 - kiln-otel: ``traced_run`` + ``run_agent`` (run span, message events, chat and tool spans, metrics);
+- run_agent, no SDK: the same with a no-op tracer provider: the loop's own cost (threads for sync tools);
 - openinference: the same plain loop under openinference-instrumentation-litellm;
 - litellm-otel: the same plain loop with litellm's own ``"otel"`` callback.
 
@@ -29,9 +31,11 @@ from typing import Any
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import litellm
+from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import NoOpTracerProvider
 
 from kiln_otel import traced_run
 from kiln_otel.litellm import run_agent
@@ -39,6 +43,8 @@ from kiln_otel.testing import ScriptedModelServer, ToolCall, Turn
 
 litellm.suppress_debug_info = True
 TURNS = 10
+SETTLE_SECONDS = 0.05
+"""Unmeasured pause after each run: work a callback deferred (litellm's logger) must not land in the next."""
 TOOLS = [
     {
         "type": "function",
@@ -66,15 +72,21 @@ def script(request: dict[str, Any]) -> Turn:
 class EncodingExporter(SpanExporter):
     def __init__(self) -> None:
         self.bytes = 0
+        self.spans = 0
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         self.bytes += len(encode_spans(spans).SerializeToString())
+        self.spans += len(spans)
         return SpanExportResult.SUCCESS
+
+
+EXPORTERS: dict[TracerProvider, EncodingExporter] = {}
 
 
 def provider() -> TracerProvider:
     tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(BatchSpanProcessor(EncodingExporter()))
+    EXPORTERS[tracer_provider] = EncodingExporter()
+    tracer_provider.add_span_processor(BatchSpanProcessor(EXPORTERS[tracer_provider]))
     return tracer_provider
 
 
@@ -102,7 +114,9 @@ async def plain_agent(base_url: str) -> None:
     raise RuntimeError("Too many turns")
 
 
-def kiln_agent(tracer_provider: TracerProvider) -> Callable[[str], Awaitable[None]]:
+def kiln_agent(tracer_provider: trace.TracerProvider) -> Callable[[str], Awaitable[None]]:
+    """``run_agent`` in a ``traced_run``; with a no-op provider it isolates the loop's own cost."""
+
     async def run(base_url: str) -> None:
         async with traced_run("bench", tracer_provider=tracer_provider) as traced:
             traced.messages.extend(start_messages())
@@ -117,10 +131,23 @@ def kiln_agent(tracer_provider: TracerProvider) -> Callable[[str], Awaitable[Non
 
 class Variant:
     def __init__(
-        self, name: str, run: Callable[[str], Awaitable[None]], on: Callable[[], None], off: Callable[[], None]
+        self,
+        name: str,
+        run: Callable[[str], Awaitable[None]],
+        on: Callable[[], None],
+        off: Callable[[], None],
+        tracer_provider: TracerProvider | None = None,
     ):
         self.name, self.run, self.on, self.off = name, run, on, off
+        self.tracer_provider = tracer_provider
         self.times: list[float] = []
+
+    def spans_per_run(self) -> float | None:
+        """Spans exported per run (warm-up included), to tell cheap from merely deferred work."""
+        if self.tracer_provider is None:
+            return None
+        self.tracer_provider.force_flush()
+        return round(EXPORTERS[self.tracer_provider].spans / (len(self.times) + 1), 1)
 
 
 def nothing() -> None:
@@ -139,13 +166,15 @@ def openinference_variant() -> Variant | None:
         plain_agent,
         lambda: instrumentor.instrument(tracer_provider=tracer_provider),
         instrumentor.uninstrument,
+        tracer_provider,
     )
 
 
 def litellm_otel_variant() -> Variant:
     from litellm.integrations.opentelemetry import OpenTelemetry
 
-    callback = OpenTelemetry(tracer_provider=provider())
+    tracer_provider = provider()
+    callback = OpenTelemetry(tracer_provider=tracer_provider)
     saved: list[Any] = []
 
     def on() -> None:
@@ -155,7 +184,7 @@ def litellm_otel_variant() -> Variant:
     def off() -> None:
         litellm.callbacks = saved
 
-    return Variant("litellm-otel", plain_agent, on, off)
+    return Variant("litellm-otel", plain_agent, on, off, tracer_provider)
 
 
 async def measure(variants: list[Variant], base_url: str, rounds: int) -> None:
@@ -163,23 +192,33 @@ async def measure(variants: list[Variant], base_url: str, rounds: int) -> None:
         variant.on()
         await variant.run(base_url)
         variant.off()
-    for _ in range(rounds):
-        for variant in variants:
+    for round_number in range(rounds):
+        shift = round_number % len(variants)  # rotate, so no variant always follows the same one
+        for variant in variants[shift:] + variants[:shift]:
             variant.on()
             start = time.perf_counter()
             await variant.run(base_url)
             variant.times.append(time.perf_counter() - start)
             variant.off()
+            await asyncio.sleep(SETTLE_SECONDS)
+
+
+def paired_ratio(times: list[float], baseline: list[float]) -> float:
+    """Median of per-round ratios: each run is compared with the baseline run of the same round,
+    so slow drifts of the machine (other processes, CPU frequency) cancel out."""
+    return statistics.median(t / b for t, b in zip(times, baseline))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    kiln_provider = provider()
     variants = [
         Variant("uninstrumented", plain_agent, nothing, nothing),
-        Variant("kiln-otel", kiln_agent(provider()), nothing, nothing),
+        Variant("kiln-otel", kiln_agent(kiln_provider), nothing, nothing, kiln_provider),
+        Variant("run_agent, no SDK", kiln_agent(NoOpTracerProvider()), nothing, nothing),
     ]
     optional = openinference_variant()
     if optional is not None:
@@ -187,16 +226,18 @@ def main() -> None:
     variants.append(litellm_otel_variant())
     with ScriptedModelServer(script) as server:
         asyncio.run(measure(variants, server.base_url, args.rounds))
-    base = statistics.median(variants[0].times)
-    results = [
-        {
-            "variant": v.name,
-            "median_ms": round(statistics.median(v.times) * 1000, 2),
-            "ratio": round(statistics.median(v.times) / base, 3),
-            "overhead_percent": round((statistics.median(v.times) / base - 1) * 100, 1),
-        }
-        for v in variants
-    ]
+    results = []
+    for v in variants:
+        ratio = paired_ratio(v.times, variants[0].times)
+        results.append(
+            {
+                "variant": v.name,
+                "median_ms": round(statistics.median(v.times) * 1000, 2),
+                "ratio": round(ratio, 3),
+                "overhead_percent": round((ratio - 1) * 100, 1),
+                "spans_per_run": v.spans_per_run(),
+            }
+        )
     if args.json:
         print(json.dumps(results, indent=2))
         return
@@ -205,7 +246,7 @@ def main() -> None:
     for r in results:
         print(
             f"{r['variant']:<16} {r['median_ms']:>8} ms per run   ratio {r['ratio']:>6}"
-            f"   overhead {r['overhead_percent']:>6}%"
+            f"   overhead {r['overhead_percent']:>6}%   spans/run {r['spans_per_run']}"
         )
 
 

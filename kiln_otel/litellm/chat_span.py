@@ -8,10 +8,12 @@ of this, because they fire late, twice, or not at all (see the litellm reference
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping, MutableSequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -22,7 +24,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.metrics import MeterProvider
-from opentelemetry.trace import Span, SpanKind, TracerProvider
+from opentelemetry.trace import Span, SpanKind, Tracer, TracerProvider
 from opentelemetry.util.types import AttributeValue
 
 from kiln_otel import wire
@@ -108,6 +110,21 @@ def assistant_message(response: object) -> Any:
     return _field(choices[0], "message")
 
 
+_tracers: weakref.WeakKeyDictionary[TracerProvider, Tracer] = weakref.WeakKeyDictionary()
+
+
+def _tracer(provider: TracerProvider | None) -> Tracer:
+    """One tracer per provider: ``get_tracer`` builds a scope and a tracer (~15 us) on every call."""
+    resolved = provider if provider is not None else trace.get_tracer_provider()
+    try:
+        return _tracers[resolved]
+    except (KeyError, TypeError):
+        tracer = trace.get_tracer(INSTRUMENTATION_SCOPE, __version__, resolved)
+        with contextlib.suppress(TypeError):  # a provider that cannot be weakly referenced: no cache
+            _tracers[resolved] = tracer
+        return tracer
+
+
 @functools.cache
 def _known_providers() -> frozenset[str]:
     return frozenset(str(getattr(p, "value", p)) for p in require_litellm().provider_list)
@@ -142,7 +159,7 @@ class ChatCall:
             return cls.inactive()
         try:
             attributes = request_attributes(request, _known_providers())
-            tracer = trace.get_tracer(INSTRUMENTATION_SCOPE, __version__, telemetry.tracer_provider)
+            tracer = _tracer(telemetry.tracer_provider)
             name = wire.chat_span_name(str(attributes.get(wire.ATTR_GEN_AI_REQUEST_MODEL) or ""))
             span = tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
             return cls(span, attributes, chat_metrics(telemetry.meter_provider), run_redaction())
