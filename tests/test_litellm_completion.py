@@ -280,9 +280,9 @@ def test_a_bare_model_name_learns_its_provider_from_the_response(tracing: Tracin
     assert attributes["gen_ai.provider.name"] == "openai"
 
 
-def test_user_metadata_is_kept_and_the_chat_span_is_litellms_parent(
-    tracing: Tracing, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def sent_to_litellm(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The kwargs ``litellm.completion`` receives (litellm replaced at its edge, answering empty)."""
     seen: dict[str, Any] = {}
 
     def fake_completion(**kwargs: Any) -> Any:
@@ -290,6 +290,13 @@ def test_user_metadata_is_kept_and_the_chat_span_is_litellms_parent(
         return litellm.ModelResponse()
 
     monkeypatch.setattr(litellm, "completion", fake_completion)
+    return seen
+
+
+def test_user_metadata_is_kept_and_the_chat_span_is_litellms_parent(
+    tracing: Tracing, monkeypatch: pytest.MonkeyPatch, sent_to_litellm: dict[str, Any]
+) -> None:
+    seen = sent_to_litellm
     monkeypatch.setattr(litellm, "success_callback", [*litellm.success_callback, "otel"])
     metadata = {"tenant": "acme"}
     traced_completion([USER], tracer_provider=tracing.provider, model="openai/x", metadata=metadata)
@@ -300,16 +307,10 @@ def test_user_metadata_is_kept_and_the_chat_span_is_litellms_parent(
 
 
 def test_without_litellms_otel_callback_no_parent_span_is_passed(
-    tracing: Tracing, monkeypatch: pytest.MonkeyPatch
+    tracing: Tracing, monkeypatch: pytest.MonkeyPatch, sent_to_litellm: dict[str, Any]
 ) -> None:
     """litellm copies and inspects metadata on every call: a span nobody reads is pure overhead."""
-    seen: dict[str, Any] = {}
-
-    def fake_completion(**kwargs: Any) -> Any:
-        seen.update(kwargs)
-        return litellm.ModelResponse()
-
-    monkeypatch.setattr(litellm, "completion", fake_completion)
+    seen = sent_to_litellm
     for name in ("callbacks", "success_callback", "failure_callback", "_async_success_callback"):
         monkeypatch.setattr(litellm, name, [c for c in getattr(litellm, name) if c != "otel"])
     traced_completion([USER], tracer_provider=tracing.provider, model="openai/x", metadata={"tenant": "acme"})
