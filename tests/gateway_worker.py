@@ -16,7 +16,8 @@ Run kinds (``kind`` in the plan):
   the next 128 a segment span that is ended (and exported) when message 241 arrives; with live
   export, segments are ended about every second. Either way the early spans of the run reach the
   sampler long before its root. Slow runs run in threads, side by side with the rest.
-A failing run raises inside ``traced_run`` after its last message.
+A failing run raises inside ``traced_run`` after its last message; ``pause`` (seconds) waits before
+a run starts.
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ class Worker:
             self.results.append(result)
 
     def run(self, spec: dict[str, Any]) -> None:
+        time.sleep(spec.get("pause", 0.0))
         tag = f"run-{spec['index']}"
         started = time.time()
         run = traced_run(tag, tracer_provider=self.provider)
