@@ -12,8 +12,10 @@
 #   scripts/backends.sh run gateway               the same with the gateway profile instead of the
 #                                                 collector: a load-balancing collector on :4317/:4318
 #                                                 in front of KILN_OTEL_GATEWAY_SAMPLER_COUNT (2)
-#                                                 tail-sampling collectors, archives in
-#                                                 kiln-otel-traces-sampler-<i>.jsonl (docs/pipeline.md)
+#                                                 tail-sampling collectors (ports from
+#                                                 KILN_OTEL_GATEWAY_SAMPLER_BASE_PORT+10, default 4410),
+#                                                 archives in KILN_OTEL_GATEWAY_ARCHIVE_DIR (default .)
+#                                                 /kiln-otel-traces-sampler-<i>.jsonl (docs/pipeline.md)
 #   scripts/backends.sh clean                     remove the binary cache
 #
 # Binaries are cached OUTSIDE the work tree, keyed by the build inputs:
@@ -142,16 +144,17 @@ start_jaeger() {
   pids+=($!)
 }
 
-# One tail-sampling collector: otelcol.yaml + gateway/sampler.yaml, on ports 44<i>0..44<i>3.
+# One tail-sampling collector: otelcol.yaml + gateway/sampler.yaml, on ports BASE+10i .. BASE+10i+3
+# (BASE: KILN_OTEL_GATEWAY_SAMPLER_BASE_PORT, default 4400).
 start_sampler() {
-  local col="$1" i="$2" base=$((4400 + 10 * $2))
+  local col="$1" i="$2" base=$((${KILN_OTEL_GATEWAY_SAMPLER_BASE_PORT:-4400} + 10 * $2))
   (
     export KILN_OTEL_COLLECTOR_GRPC_ENDPOINT="127.0.0.1:$base"
     export KILN_OTEL_COLLECTOR_HTTP_ENDPOINT="127.0.0.1:$((base + 1))"
     export KILN_OTEL_COLLECTOR_HEALTH_ENDPOINT="127.0.0.1:$((base + 2))"
     export KILN_OTEL_COLLECTOR_METRICS_HOST=127.0.0.1
     export KILN_OTEL_COLLECTOR_METRICS_PORT=$((base + 3))
-    export KILN_OTEL_COLLECTOR_FILE_PATH="$ROOT/kiln-otel-traces-sampler-$i.jsonl"
+    export KILN_OTEL_COLLECTOR_FILE_PATH="${KILN_OTEL_GATEWAY_ARCHIVE_DIR:-$ROOT}/kiln-otel-traces-sampler-$i.jsonl"
     log "sampler $i: OTLP 127.0.0.1:$base gRPC; file $KILN_OTEL_COLLECTOR_FILE_PATH"
     exec "$col" --config "$ROOT/collector-config/otelcol.yaml" --config "$ROOT/collector-config/gateway/sampler.yaml"
   ) &
@@ -172,7 +175,7 @@ cmd_run() {
   if [[ "${1:-}" == gateway ]]; then
     for ((i = 1; i <= ${KILN_OTEL_GATEWAY_SAMPLER_COUNT:-2}; i++)); do
       start_sampler "$col" "$i"
-      samplers+=("127.0.0.1:$((4400 + 10 * i))")
+      samplers+=("127.0.0.1:$((${KILN_OTEL_GATEWAY_SAMPLER_BASE_PORT:-4400} + 10 * i))")
     done
     : "${KILN_OTEL_GATEWAY_GRPC_ENDPOINT:=127.0.0.1:4317}"
     : "${KILN_OTEL_GATEWAY_HTTP_ENDPOINT:=127.0.0.1:4318}"
@@ -207,7 +210,7 @@ case "${1:-}" in
   run) shift; cmd_run "$@" ;;
   clean) rm -rf "$CACHE" ;;
   *)
-    sed -n '2,24p' "${BASH_SOURCE[0]}" >&2
+    sed -n '2,26p' "${BASH_SOURCE[0]}" >&2
     exit 2
     ;;
 esac

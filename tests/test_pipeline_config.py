@@ -7,16 +7,23 @@ Most checks read files only; the ones marked ``backends`` run the built binaries
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
+import signal
+import socket
 import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.backends import REPO_ROOT, BackendBinaries
+from tests.backends import REPO_ROOT, BackendBinaries, free_ports
 
 COMPOSE = REPO_ROOT / "docker-compose.yml"
 OTELCOL = REPO_ROOT / "collector-config" / "otelcol.yaml"
@@ -327,6 +334,39 @@ def _used_by_any_profile() -> dict[str, set[str]]:
     return used
 
 
+def _seconds(duration: str) -> float:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m)", duration)
+    assert match, f"not a duration this test reads: {duration!r}"
+    return float(match.group(1)) * {"ms": 0.001, "s": 1, "m": 60}[match.group(2)]
+
+
+def test_sampler_keeps_failed_runs_by_the_wire_contract_and_waits_for_the_longest_run() -> None:
+    from kiln_otel import wire
+
+    cfg = _profile("sampler")
+    sampling = cfg["processors"]["tail_sampling"]
+    policies = {p["name"]: p for p in sampling["policies"]}
+    assert policies["run-failed-status"]["status_code"]["status_codes"] == ["ERROR"]
+    [condition] = policies["run-failed-attributes"]["ottl_condition"]["span"]
+    assert condition == (
+        f'span.attributes["{wire.ATTR_SCHEMA_VERSION}"] != nil and span.attributes["{wire.ATTR_ERROR_TYPE}"] != nil'
+    )
+    assert policies["run-not-ended"]["not"]["not_sub_policy"]["ottl_condition"]["span"] == ["IsRootSpan()"]
+    assert policies["successes-sampled"]["type"] == "probabilistic"
+    # docs/pipeline.md: runs of up to 10 minutes are decided on their root, with a minute to spare
+    wait = _seconds(_expand(sampling["decision_wait"], {}))
+    assert wait >= 11 * 60
+    assert 1 <= _seconds(_expand(sampling["decision_wait_after_root_received"], {})) < wait
+    assert int(_expand(sampling["decision_cache"]["sampled_cache_size"], {})) > 0, "late spans must follow"
+    # decide first (only kept spans are redacted and exported), then redact, then batch
+    assert cfg["service"]["pipelines"]["traces"]["processors"] == [
+        "memory_limiter",
+        "tail_sampling",
+        "transform/redact",
+        "batch",
+    ]
+
+
 def _main_go_factories() -> dict[str, set[str]]:
     """Factory package names handed to otelcol.MakeFactoryMap, per kind, from main.go."""
     source = MAIN_GO.read_text(encoding="utf-8")
@@ -373,7 +413,8 @@ def test_every_collector_module_is_at_one_release() -> None:
 
 
 def _run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False, cwd=REPO_ROOT, **kwargs)
+    kwargs.setdefault("cwd", REPO_ROOT)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False, **kwargs)
 
 
 @pytest.mark.backends
@@ -421,3 +462,90 @@ def test_backends_sh_caches_outside_the_tree_keyed_by_the_build_inputs(tmp_path:
         expected.append(tmp_path / "cache" / f"{name}-{digest.hexdigest()}" / binary)
     assert printed == expected
     assert not any(p.is_relative_to(REPO_ROOT) for p in printed)
+
+
+def _free_block(size: int) -> int:
+    """A base port B such that B+10 .. B+10+size-1 can all be bound on 127.0.0.1 right now."""
+    for base in range(20_000, 60_000, 97):
+        socks = []
+        try:
+            for port in range(base + 10, base + 10 + size):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise AssertionError("no free block of ports")
+
+
+@pytest.mark.backends
+def test_backends_sh_runs_the_gateway_as_local_processes(backend_binaries: BackendBinaries, tmp_path: Path) -> None:
+    """`scripts/backends.sh run gateway`: a failed demo run reaches Jaeger through it; SIGTERM stops it all."""
+    jaeger = dict(zip(("GRPC", "HTTP", "QUERY_HTTP", "QUERY_GRPC", "HEALTH", "METRICS"), free_ports(6)))
+    lb_grpc, lb_http, lb_health, lb_metrics = free_ports(4)
+    base = _free_block(14)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KILN_OTEL_", "OTEL_"))}
+    env |= {f"KILN_OTEL_JAEGER_{k}_ENDPOINT": f"127.0.0.1:{v}" for k, v in jaeger.items() if k != "METRICS"}
+    env |= {
+        "KILN_OTEL_JAEGER_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{jaeger['GRPC']}",
+        "KILN_OTEL_JAEGER_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{jaeger['HTTP']}",
+        "KILN_OTEL_JAEGER_METRICS_PORT": str(jaeger["METRICS"]),
+        "KILN_OTEL_GATEWAY_GRPC_ENDPOINT": f"127.0.0.1:{lb_grpc}",
+        "KILN_OTEL_GATEWAY_HTTP_ENDPOINT": f"127.0.0.1:{lb_http}",
+        "KILN_OTEL_GATEWAY_HEALTH_ENDPOINT": f"127.0.0.1:{lb_health}",
+        "KILN_OTEL_GATEWAY_METRICS_PORT": str(lb_metrics),
+        "KILN_OTEL_GATEWAY_SAMPLER_BASE_PORT": str(base),
+        "KILN_OTEL_GATEWAY_ARCHIVE_DIR": str(tmp_path),
+        "KILN_OTEL_SAMPLER_WAIT_AFTER_ROOT": "1s",
+    }
+    health = [f"http://127.0.0.1:{p}/" for p in (lb_health, base + 12, base + 22)]
+    with (tmp_path / "run.log").open("wb") as log:
+        script = subprocess.Popen(
+            ["bash", str(REPO_ROOT / "scripts" / "backends.sh"), "run", "gateway"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while not all(_http_status(url) == 200 for url in health):
+            assert script.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, (tmp_path / "run.log").read_text()[-3000:]
+            time.sleep(0.3)
+        demo_env = {**env, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{lb_grpc}"}
+        demo = _run([str(Path(sys.executable).with_name("kiln-otel")), "demo", "--json"], env=demo_env, cwd=tmp_path)
+        assert demo.returncode == 0, demo.stderr
+        trace_id = json.loads(demo.stdout)["trace_id"]
+        url = f"http://127.0.0.1:{jaeger['QUERY_HTTP']}/api/v3/traces/{trace_id}"
+        deadline = time.monotonic() + 30
+        while _http_status(url) != 200:
+            assert time.monotonic() < deadline, "the failed demo run never reached Jaeger through the gateway"
+            time.sleep(0.5)
+        assert any(trace_id in p.read_text() for p in tmp_path.glob("kiln-otel-traces-sampler-*.jsonl"))
+        script.send_signal(signal.SIGTERM)
+        script.wait(timeout=30)
+        assert not any(_port_in_use(p) for p in (lb_grpc, base + 10, base + 20, jaeger["QUERY_HTTP"]))
+    finally:
+        if script.poll() is None or any(_port_in_use(p) for p in (lb_grpc, base + 10, base + 20)):
+            os.killpg(script.pid, signal.SIGKILL)
+            script.wait(timeout=30)
+
+
+def _http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return 0
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
