@@ -111,6 +111,17 @@ def _bind_mounts(service: dict[str, Any]) -> list[tuple[str, str]]:
     return mounts
 
 
+def _listening_ports(cfg: dict[str, Any], env: dict[str, str]) -> set[int]:
+    """The ports a collector config listens on for OTLP (gRPC, HTTP) and health checks."""
+    protocols = cfg["receivers"]["otlp"]["protocols"]
+    endpoints = [
+        protocols["grpc"]["endpoint"],
+        protocols["http"]["endpoint"],
+        cfg["extensions"]["health_check"]["endpoint"],
+    ]
+    return {_port(_expand(endpoint, env)) for endpoint in endpoints}
+
+
 def _collector_service(compose: dict[str, Any]) -> dict[str, Any]:
     return compose["services"]["otel-collector"]
 
@@ -176,12 +187,7 @@ def test_collector_ports_line_up_with_otelcol_yaml(compose: dict[str, Any]) -> N
     service = _collector_service(compose)
     env = _service_env(service)
     cfg = _load(OTELCOL)
-    protocols = cfg["receivers"]["otlp"]["protocols"]
-    listening = {
-        _port(_expand(protocols["grpc"]["endpoint"], env)),
-        _port(_expand(protocols["http"]["endpoint"], env)),
-        _port(_expand(cfg["extensions"]["health_check"]["endpoint"], env)),
-    }
+    listening = _listening_ports(cfg, env)
     published = {container for _, _, container in _published(service)}
     assert published == listening
     assert {(h, c) for _, h, c in _published(service)} == {(p, p) for p in listening}
@@ -245,13 +251,7 @@ def test_gateway_routes_to_every_sampler_and_samplers_to_jaeger(compose: dict[st
 def test_gateway_ports_line_up_and_do_not_clash(compose: dict[str, Any]) -> None:
     service = compose["services"]["gateway"]
     env = _service_env(service)
-    cfg = _load(LOADBALANCER)
-    protocols = cfg["receivers"]["otlp"]["protocols"]
-    listening = {
-        _port(_expand(protocols["grpc"]["endpoint"], env)),
-        _port(_expand(protocols["http"]["endpoint"], env)),
-        _port(_expand(cfg["extensions"]["health_check"]["endpoint"], env)),
-    }
+    listening = _listening_ports(_load(LOADBALANCER), env)
     assert {container for _, _, container in _published(service)} == listening
     host_ports = [host for svc in compose["services"].values() for _, host, _ in _published(svc)]
     assert len(host_ports) == len(set(host_ports)), "two services publish the same host port"
