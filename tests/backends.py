@@ -524,6 +524,14 @@ def _jaeger_process(binaries: BackendBinaries, workdir: Path) -> tuple[BackendPr
     return BackendProcess("jaeger", argv, env, workdir / "jaeger.log"), grpc, http, query
 
 
+def _collector_process(
+    name: str, binaries: BackendBinaries, configs: list[Path], env: dict[str, str], workdir: Path
+) -> BackendProcess:
+    """The collector binary with ``configs`` (merged in order, as ``--config`` does), logging to ``<name>.log``."""
+    argv = [str(binaries.collector), *(arg for path in configs for arg in ("--config", str(path)))]
+    return BackendProcess(name, argv, env, workdir / f"{name}.log")
+
+
 def _start_jaeger(jaeger: BackendProcess, query_url: str, grpc: int, timeout: float) -> None:
     def ready() -> bool:
         return _http_get(f"{query_url}/api/services", timeout=1.0)[0] == 200 and _port_open(HOST, grpc)
@@ -575,12 +583,7 @@ def start_pipeline(binaries: BackendBinaries, workdir: Path, timeout: float = ST
         "KILN_OTEL_COLLECTOR_FILE_PATH": str(file_path),
         "KILN_OTEL_JAEGER_OTLP_ENDPOINT": f"{HOST}:{jae_grpc}",
     }
-    collector = BackendProcess(
-        "collector",
-        [str(binaries.collector), "--config", str(COLLECTOR_CONFIG)],
-        collector_env,
-        workdir / "collector.log",
-    )
+    collector = _collector_process("collector", binaries, [COLLECTOR_CONFIG], collector_env, workdir)
     pipeline = Pipeline(
         otlp_grpc_endpoint=f"http://{HOST}:{ports.grpc}",
         otlp_http_endpoint=f"http://{HOST}:{ports.http}",
@@ -685,8 +688,7 @@ def start_gateway(
             "KILN_OTEL_JAEGER_OTLP_ENDPOINT": f"{HOST}:{jae_grpc}",
             **(sampler_env or {}),
         }
-        argv = [str(binaries.collector), "--config", str(COLLECTOR_CONFIG), "--config", str(SAMPLER_CONFIG)]
-        sampler_procs.append(BackendProcess(name, argv, env, workdir / f"{name}.log"))
+        sampler_procs.append(_collector_process(name, binaries, [COLLECTOR_CONFIG, SAMPLER_CONFIG], env, workdir))
     lb = ports["loadbalancer"]
     lb_env = {
         **_base_env(),
@@ -697,12 +699,7 @@ def start_gateway(
         "KILN_OTEL_GATEWAY_METRICS_PORT": str(lb.metrics),
         "KILN_OTEL_GATEWAY_SAMPLERS": "[" + ", ".join(f"{HOST}:{ports[p.name].grpc}" for p in sampler_procs) + "]",
     }
-    loadbalancer = BackendProcess(
-        "loadbalancer",
-        [str(binaries.collector), "--config", str(LOADBALANCER_CONFIG)],
-        lb_env,
-        workdir / "loadbalancer.log",
-    )
+    loadbalancer = _collector_process("loadbalancer", binaries, [LOADBALANCER_CONFIG], lb_env, workdir)
     gateway = Gateway(
         otlp_grpc_endpoint=f"http://{HOST}:{lb.grpc}",
         otlp_http_endpoint=f"http://{HOST}:{lb.http}",
