@@ -9,6 +9,13 @@
 #   scripts/backends.sh paths [collector|jaeger]  print the paths, exit 1 if a binary is missing
 #   scripts/backends.sh run                       build, then run Jaeger + the collector in the
 #                                                 foreground with collector-config/ (Ctrl-C stops)
+#   scripts/backends.sh run gateway               the same with the gateway profile instead of the
+#                                                 collector: a load-balancing collector on :4317/:4318
+#                                                 in front of KILN_OTEL_GATEWAY_SAMPLER_COUNT (2)
+#                                                 tail-sampling collectors (ports from
+#                                                 KILN_OTEL_GATEWAY_SAMPLER_BASE_PORT+10, default 4410),
+#                                                 archives in KILN_OTEL_GATEWAY_ARCHIVE_DIR (default .)
+#                                                 /kiln-otel-traces-sampler-<i>.jsonl (docs/pipeline.md)
 #   scripts/backends.sh clean                     remove the binary cache
 #
 # Binaries are cached OUTSIDE the work tree, keyed by the build inputs:
@@ -121,9 +128,7 @@ cmd_paths() {
   return $rc
 }
 
-cmd_run() {
-  local col jae pids=()
-  { read -r col; read -r jae; } < <(cmd_build)
+start_jaeger() {
   # Both are collectors with the same default ports: on one host, Jaeger's OTLP receiver moves
   # to 14317/14318 and everything binds 127.0.0.1. Any of these can be overridden from outside.
   : "${KILN_OTEL_JAEGER_OTLP_GRPC_ENDPOINT:=127.0.0.1:14317}"
@@ -133,22 +138,69 @@ cmd_run() {
   : "${KILN_OTEL_JAEGER_HEALTH_ENDPOINT:=127.0.0.1:13134}"
   : "${KILN_OTEL_JAEGER_METRICS_HOST:=127.0.0.1}"
   : "${KILN_OTEL_JAEGER_METRICS_PORT:=8889}"
-  : "${KILN_OTEL_COLLECTOR_GRPC_ENDPOINT:=127.0.0.1:4317}"
-  : "${KILN_OTEL_COLLECTOR_HTTP_ENDPOINT:=127.0.0.1:4318}"
-  : "${KILN_OTEL_COLLECTOR_HEALTH_ENDPOINT:=127.0.0.1:13133}"
-  : "${KILN_OTEL_COLLECTOR_METRICS_HOST:=127.0.0.1}"
-  : "${KILN_OTEL_COLLECTOR_METRICS_PORT:=8888}"
-  : "${KILN_OTEL_COLLECTOR_FILE_PATH:=$ROOT/kiln-otel-traces.jsonl}"
-  : "${KILN_OTEL_JAEGER_OTLP_ENDPOINT:=$KILN_OTEL_JAEGER_OTLP_GRPC_ENDPOINT}"
-  export "${!KILN_OTEL_JAEGER_@}" "${!KILN_OTEL_COLLECTOR_@}"
-  log "jaeger:    $jae --config collector-config/jaeger.yaml (UI/API http://$KILN_OTEL_JAEGER_QUERY_HTTP_ENDPOINT)"
-  "$jae" --config "$ROOT/collector-config/jaeger.yaml" &
+  export "${!KILN_OTEL_JAEGER_@}"
+  log "jaeger:    $1 --config collector-config/jaeger.yaml (UI/API http://$KILN_OTEL_JAEGER_QUERY_HTTP_ENDPOINT)"
+  "$1" --config "$ROOT/collector-config/jaeger.yaml" &
   pids+=($!)
-  log "collector: $col --config collector-config/otelcol.yaml (OTLP $KILN_OTEL_COLLECTOR_GRPC_ENDPOINT gRPC," \
-    "$KILN_OTEL_COLLECTOR_HTTP_ENDPOINT HTTP; file $KILN_OTEL_COLLECTOR_FILE_PATH)"
-  "$col" --config "$ROOT/collector-config/otelcol.yaml" &
+}
+
+# One tail-sampling collector: otelcol.yaml + gateway/sampler.yaml, on ports BASE+10i .. BASE+10i+3
+# (BASE: KILN_OTEL_GATEWAY_SAMPLER_BASE_PORT, default 4400).
+start_sampler() {
+  local col="$1" i="$2" base=$((${KILN_OTEL_GATEWAY_SAMPLER_BASE_PORT:-4400} + 10 * $2))
+  (
+    export KILN_OTEL_COLLECTOR_GRPC_ENDPOINT="127.0.0.1:$base"
+    export KILN_OTEL_COLLECTOR_HTTP_ENDPOINT="127.0.0.1:$((base + 1))"
+    export KILN_OTEL_COLLECTOR_HEALTH_ENDPOINT="127.0.0.1:$((base + 2))"
+    export KILN_OTEL_COLLECTOR_METRICS_HOST=127.0.0.1
+    export KILN_OTEL_COLLECTOR_METRICS_PORT=$((base + 3))
+    export KILN_OTEL_COLLECTOR_FILE_PATH="${KILN_OTEL_GATEWAY_ARCHIVE_DIR:-$ROOT}/kiln-otel-traces-sampler-$i.jsonl"
+    log "sampler $i: OTLP 127.0.0.1:$base gRPC; file $KILN_OTEL_COLLECTOR_FILE_PATH"
+    exec "$col" --config "$ROOT/collector-config/otelcol.yaml" --config "$ROOT/collector-config/gateway/sampler.yaml"
+  ) &
   pids+=($!)
+}
+
+cmd_run() {
+  local col jae i samplers=() pids=()
+  case "${1:-}" in
+    "" | gateway) ;;
+    *) log "unknown profile '$1' (run | run gateway)"; exit 2 ;;
+  esac
+  { read -r col; read -r jae; } < <(cmd_build)
   trap 'kill "${pids[@]}" 2>/dev/null || true; wait' INT TERM EXIT
+  start_jaeger "$jae"
+  : "${KILN_OTEL_JAEGER_OTLP_ENDPOINT:=$KILN_OTEL_JAEGER_OTLP_GRPC_ENDPOINT}"
+  export KILN_OTEL_JAEGER_OTLP_ENDPOINT
+  if [[ "${1:-}" == gateway ]]; then
+    for ((i = 1; i <= ${KILN_OTEL_GATEWAY_SAMPLER_COUNT:-2}; i++)); do
+      start_sampler "$col" "$i"
+      samplers+=("127.0.0.1:$((${KILN_OTEL_GATEWAY_SAMPLER_BASE_PORT:-4400} + 10 * i))")
+    done
+    : "${KILN_OTEL_GATEWAY_GRPC_ENDPOINT:=127.0.0.1:4317}"
+    : "${KILN_OTEL_GATEWAY_HTTP_ENDPOINT:=127.0.0.1:4318}"
+    : "${KILN_OTEL_GATEWAY_HEALTH_ENDPOINT:=127.0.0.1:13133}"
+    : "${KILN_OTEL_GATEWAY_METRICS_HOST:=127.0.0.1}"
+    : "${KILN_OTEL_GATEWAY_METRICS_PORT:=8888}"
+    KILN_OTEL_GATEWAY_SAMPLERS="[$(IFS=,; echo "${samplers[*]}")]"
+    export "${!KILN_OTEL_GATEWAY_@}"
+    log "gateway:   $col --config collector-config/gateway/loadbalancer.yaml (OTLP" \
+      "$KILN_OTEL_GATEWAY_GRPC_ENDPOINT gRPC, $KILN_OTEL_GATEWAY_HTTP_ENDPOINT HTTP; samplers $KILN_OTEL_GATEWAY_SAMPLERS)"
+    "$col" --config "$ROOT/collector-config/gateway/loadbalancer.yaml" &
+    pids+=($!)
+  else
+    : "${KILN_OTEL_COLLECTOR_GRPC_ENDPOINT:=127.0.0.1:4317}"
+    : "${KILN_OTEL_COLLECTOR_HTTP_ENDPOINT:=127.0.0.1:4318}"
+    : "${KILN_OTEL_COLLECTOR_HEALTH_ENDPOINT:=127.0.0.1:13133}"
+    : "${KILN_OTEL_COLLECTOR_METRICS_HOST:=127.0.0.1}"
+    : "${KILN_OTEL_COLLECTOR_METRICS_PORT:=8888}"
+    : "${KILN_OTEL_COLLECTOR_FILE_PATH:=$ROOT/kiln-otel-traces.jsonl}"
+    export "${!KILN_OTEL_COLLECTOR_@}"
+    log "collector: $col --config collector-config/otelcol.yaml (OTLP $KILN_OTEL_COLLECTOR_GRPC_ENDPOINT gRPC," \
+      "$KILN_OTEL_COLLECTOR_HTTP_ENDPOINT HTTP; file $KILN_OTEL_COLLECTOR_FILE_PATH)"
+    "$col" --config "$ROOT/collector-config/otelcol.yaml" &
+    pids+=($!)
+  fi
   wait -n "${pids[@]}" || true
 }
 
@@ -158,7 +210,7 @@ case "${1:-}" in
   run) shift; cmd_run "$@" ;;
   clean) rm -rf "$CACHE" ;;
   *)
-    sed -n '2,20p' "${BASH_SOURCE[0]}" >&2
+    sed -n '2,26p' "${BASH_SOURCE[0]}" >&2
     exit 2
     ;;
 esac

@@ -7,16 +7,23 @@ backends/collector, Jaeger from backends/jaeger, both from the Go module proxy),
     SDK --OTLP--> collector (collector-config/otelcol.yaml) --OTLP/gRPC--> Jaeger (jaeger.yaml)
                                       \\--> file output (OTLP JSON lines, in a tmp dir)
 
+or the gateway profile (docs/pipeline.md):
+
+    SDK --OTLP--> load balancer (gateway/loadbalancer.yaml) --by trace id--> sampler 1..N
+                  (otelcol.yaml + gateway/sampler.yaml) --> Jaeger + one archive file each
+
 Every listening address is a free 127.0.0.1 port handed to the configs through their
 ``${env:...}`` variables; the configs are the ones users run, unchanged.
 
 Fixtures:
     ``backend_binaries`` (session): ``BackendBinaries(collector, jaeger)``, built or cached.
     ``pipeline`` (session): a running ``Pipeline``; stopped (SIGTERM, then SIGKILL) at the end.
+    ``gateway_factory`` (test): ``start(samplers=2, sampler_env={...})`` -> a running ``Gateway``;
+    every one started is stopped at the end of the test.
 
 If the build or the start fails, tests using these fixtures are skipped with the reason, or,
 when ``CI=true``, fail with the reason and the log tail. A failing test that used ``pipeline``
-gets the collector's and Jaeger's logs appended to its report.
+or ``gateway_factory`` gets the backends' logs appended to its report.
 
 Knobs (environment): ``KILN_OTEL_BACKENDS_BUILD_TIMEOUT`` (seconds, default 2400),
 ``KILN_OTEL_BACKENDS_START_TIMEOUT`` (seconds, default 60), ``KILN_OTEL_BACKENDS_CACHE``
@@ -46,6 +53,8 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BACKENDS_SH = REPO_ROOT / "scripts" / "backends.sh"
 COLLECTOR_CONFIG = REPO_ROOT / "collector-config" / "otelcol.yaml"
+SAMPLER_CONFIG = REPO_ROOT / "collector-config" / "gateway" / "sampler.yaml"
+LOADBALANCER_CONFIG = REPO_ROOT / "collector-config" / "gateway" / "loadbalancer.yaml"
 JAEGER_CONFIG = REPO_ROOT / "collector-config" / "jaeger.yaml"
 
 BUILD_TIMEOUT = float(os.environ.get("KILN_OTEL_BACKENDS_BUILD_TIMEOUT", "2400"))
@@ -53,6 +62,7 @@ START_TIMEOUT = float(os.environ.get("KILN_OTEL_BACKENDS_START_TIMEOUT", "60"))
 STOP_TIMEOUT = 15.0
 LOG_TAIL_BYTES = 16_000
 POLL_INTERVAL = 0.2
+HOST = "127.0.0.1"
 
 
 class BackendUnavailableError(RuntimeError):
@@ -189,6 +199,13 @@ def build_backends(log_path: Path, timeout: float = BUILD_TIMEOUT) -> BackendBin
 # processes
 
 
+@dataclass(frozen=True)
+class ProcessUsage:
+    rss_bytes: int
+    peak_rss_bytes: int  # since the process started (VmHWM)
+    cpu_seconds: float  # user + system
+
+
 class BackendProcess:
     """One backend subprocess: fixed argv/env/log file, can be stopped and started again."""
 
@@ -241,6 +258,33 @@ class BackendProcess:
         with self.log_path.open("ab") as log:
             log.write(f"===== {time.strftime('%H:%M:%S')} stopped: exit {proc.returncode}\n".encode())
         return proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL: nothing is flushed, as after a crash or the OOM killer."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.kill()
+        proc.wait(timeout=STOP_TIMEOUT)
+        with self.log_path.open("ab") as log:
+            log.write(f"===== {time.strftime('%H:%M:%S')} killed: exit {proc.returncode}\n".encode())
+
+    def usage(self) -> ProcessUsage | None:
+        """Memory and CPU of the running process (Linux /proc), None when it is not running."""
+        if not self.running or self.pid is None:
+            return None
+        try:
+            status = Path(f"/proc/{self.pid}/status").read_text()
+            stat = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        kib = {
+            k: int(v.split()[0])
+            for k, v in (line.split(":", 1) for line in status.splitlines() if ":" in line)
+            if k in ("VmRSS", "VmHWM")
+        }
+        ticks = os.sysconf("SC_CLK_TCK")
+        return ProcessUsage(kib["VmRSS"] * 1024, kib["VmHWM"] * 1024, (int(stat[11]) + int(stat[12])) / ticks)
 
     def _reap(self) -> None:
         if self._proc is not None and self._proc.poll() is not None:
@@ -313,27 +357,10 @@ def _merge_v3(docs: list[Any]) -> dict[str, Any]:
 # the pipeline
 
 
-@dataclass(frozen=True)
-class Pipeline:
-    """A running collector -> Jaeger pipeline on 127.0.0.1 (see the module docstring)."""
+class JaegerReader:
+    """Reading traces back from Jaeger's query API at ``self.jaeger_query_url``."""
 
-    otlp_grpc_endpoint: str  # "http://127.0.0.1:P" (the collector's OTLP/gRPC receiver)
-    otlp_http_endpoint: str  # "http://127.0.0.1:P" base; traces go to f"{...}/v1/traces"
     jaeger_query_url: str  # "http://127.0.0.1:P" (query API: /api/v3/traces/..., /api/traces/...)
-    jaeger_otlp_grpc_endpoint: str  # "http://127.0.0.1:P" (Jaeger's own OTLP/gRPC receiver)
-    jaeger_otlp_http_endpoint: str  # "http://127.0.0.1:P" base
-    collector_health_url: str  # "http://127.0.0.1:P/" (health_check extension)
-    collector_metrics_url: str  # "http://127.0.0.1:P/metrics" (collector's own metrics)
-    file_path: Path  # the file exporter's output (OTLP JSON lines)
-    collector_log: Path
-    jaeger_log: Path
-    binaries: BackendBinaries
-    collector_config: Path
-    jaeger_config: Path
-    _collector: BackendProcess = field(repr=False, compare=False)
-    _jaeger: BackendProcess = field(repr=False, compare=False)
-
-    # -- reading back --------------------------------------------------------------------
 
     def fetch_jaeger_v3(self, trace_id_hex: str, timeout: float = 20.0, min_spans: int = 1) -> dict[str, Any]:
         """``GET /api/v3/traces/{id}``, polled until it holds at least ``min_spans`` spans.
@@ -355,6 +382,14 @@ class Pipeline:
 
         return _poll(f"trace {trace_id_hex} in Jaeger /api/v3", timeout, probe)  # type: ignore[no-any-return]
 
+    def fetch_jaeger_v3_now(self, trace_id_hex: str) -> dict[str, Any] | None:
+        """``GET /api/v3/traces/{id}`` once: the body, or None when Jaeger does not have the trace."""
+        status, body = _http_get(f"{self.jaeger_query_url}/api/v3/traces/{trace_id_hex.lower()}", timeout=10.0)
+        if status == 404:
+            return None
+        assert status == 200, f"Jaeger answered HTTP {status} for {trace_id_hex}: {body[:500]!r}"
+        return _merge_v3(_decode_json_stream(body))
+
     def fetch_jaeger_legacy(self, trace_id_hex: str, timeout: float = 20.0, min_spans: int = 1) -> dict[str, Any]:
         """``GET /api/traces/{id}`` (the UI's API), polled until ``data[0].spans`` has ``min_spans``."""
         url = f"{self.jaeger_query_url}/api/traces/{trace_id_hex.lower()}"
@@ -372,6 +407,32 @@ class Pipeline:
             return n >= min_spans, doc, f"HTTP 200 with {n} span(s)"
 
         return _poll(f"trace {trace_id_hex} in Jaeger /api/traces", timeout, probe)  # type: ignore[no-any-return]
+
+    def jaeger_ready(self) -> bool:
+        return _http_get(f"{self.jaeger_query_url}/api/services", timeout=1.0)[0] == 200
+
+
+@dataclass(frozen=True)
+class Pipeline(JaegerReader):
+    """A running collector -> Jaeger pipeline on 127.0.0.1 (see the module docstring)."""
+
+    otlp_grpc_endpoint: str  # "http://127.0.0.1:P" (the collector's OTLP/gRPC receiver)
+    otlp_http_endpoint: str  # "http://127.0.0.1:P" base; traces go to f"{...}/v1/traces"
+    jaeger_query_url: str  # "http://127.0.0.1:P" (query API: /api/v3/traces/..., /api/traces/...)
+    jaeger_otlp_grpc_endpoint: str  # "http://127.0.0.1:P" (Jaeger's own OTLP/gRPC receiver)
+    jaeger_otlp_http_endpoint: str  # "http://127.0.0.1:P" base
+    collector_health_url: str  # "http://127.0.0.1:P/" (health_check extension)
+    collector_metrics_url: str  # "http://127.0.0.1:P/metrics" (collector's own metrics)
+    file_path: Path  # the file exporter's output (OTLP JSON lines)
+    collector_log: Path
+    jaeger_log: Path
+    binaries: BackendBinaries
+    collector_config: Path
+    jaeger_config: Path
+    _collector: BackendProcess = field(repr=False, compare=False)
+    _jaeger: BackendProcess = field(repr=False, compare=False)
+
+    # -- reading back --------------------------------------------------------------------
 
     def file_output_paths(self) -> list[Path]:
         """The file exporter's output and its rotated backups, oldest first."""
@@ -427,9 +488,6 @@ class Pipeline:
         self.stop_collector()
         self.start_collector(timeout)
 
-    def jaeger_ready(self) -> bool:
-        return _http_get(f"{self.jaeger_query_url}/api/services", timeout=1.0)[0] == 200
-
     def logs(self) -> dict[str, str]:
         """Tails of both logs, for messages."""
         return {"collector": _tail(self.collector_log), "jaeger": _tail(self.jaeger_log)}
@@ -442,65 +500,98 @@ class Pipeline:
             self._jaeger.stop()
 
 
+def _base_env() -> dict[str, str]:
+    """This process's environment without any of the configs' own variables."""
+    ours = ("KILN_OTEL_JAEGER_", "KILN_OTEL_COLLECTOR_", "KILN_OTEL_GATEWAY_", "KILN_OTEL_SAMPLER_")
+    return {k: v for k, v in os.environ.items() if not k.startswith(ours)}
+
+
+def _jaeger_process(binaries: BackendBinaries, workdir: Path) -> tuple[BackendProcess, int, int, int]:
+    """Jaeger on free ports: (process, OTLP/gRPC port, OTLP/HTTP port, query port)."""
+    grpc, http, query, query_grpc, health, metrics = free_ports(6)
+    env = {
+        **_base_env(),
+        "JAEGER_LISTEN_HOST": HOST,
+        "KILN_OTEL_JAEGER_OTLP_GRPC_ENDPOINT": f"{HOST}:{grpc}",
+        "KILN_OTEL_JAEGER_OTLP_HTTP_ENDPOINT": f"{HOST}:{http}",
+        "KILN_OTEL_JAEGER_QUERY_HTTP_ENDPOINT": f"{HOST}:{query}",
+        "KILN_OTEL_JAEGER_QUERY_GRPC_ENDPOINT": f"{HOST}:{query_grpc}",
+        "KILN_OTEL_JAEGER_HEALTH_ENDPOINT": f"{HOST}:{health}",
+        "KILN_OTEL_JAEGER_METRICS_HOST": HOST,
+        "KILN_OTEL_JAEGER_METRICS_PORT": str(metrics),
+    }
+    argv = [str(binaries.jaeger), "--config", str(JAEGER_CONFIG)]
+    return BackendProcess("jaeger", argv, env, workdir / "jaeger.log"), grpc, http, query
+
+
+def _collector_process(
+    name: str, binaries: BackendBinaries, configs: list[Path], env: dict[str, str], workdir: Path
+) -> BackendProcess:
+    """The collector binary with ``configs`` (merged in order, as ``--config`` does), logging to ``<name>.log``."""
+    argv = [str(binaries.collector), *(arg for path in configs for arg in ("--config", str(path)))]
+    return BackendProcess(name, argv, env, workdir / f"{name}.log")
+
+
+def _start_jaeger(jaeger: BackendProcess, query_url: str, grpc: int, timeout: float) -> None:
+    def ready() -> bool:
+        return _http_get(f"{query_url}/api/services", timeout=1.0)[0] == 200 and _port_open(HOST, grpc)
+
+    jaeger.start()
+    _wait_ready(jaeger, timeout, ready, "jaeger")
+
+
+@dataclass(frozen=True)
+class CollectorPorts:
+    """Where one collector listens: OTLP/gRPC, OTLP/HTTP, health_check, its own metrics."""
+
+    grpc: int
+    http: int
+    health: int
+    metrics: int
+
+    @classmethod
+    def free(cls) -> CollectorPorts:
+        return cls(*free_ports(4))
+
+    def collector_env(self) -> dict[str, str]:
+        """The KILN_OTEL_COLLECTOR_* variables of otelcol.yaml (the single collector, a sampler)."""
+        return {
+            "KILN_OTEL_COLLECTOR_GRPC_ENDPOINT": f"{HOST}:{self.grpc}",
+            "KILN_OTEL_COLLECTOR_HTTP_ENDPOINT": f"{HOST}:{self.http}",
+            "KILN_OTEL_COLLECTOR_HEALTH_ENDPOINT": f"{HOST}:{self.health}",
+            "KILN_OTEL_COLLECTOR_METRICS_HOST": HOST,
+            "KILN_OTEL_COLLECTOR_METRICS_PORT": str(self.metrics),
+        }
+
+    def healthy(self) -> bool:
+        return (
+            _http_get(f"http://{HOST}:{self.health}/", timeout=1.0)[0] == 200
+            and _port_open(HOST, self.grpc)
+            and _port_open(HOST, self.http)
+        )
+
+
 def start_pipeline(binaries: BackendBinaries, workdir: Path, timeout: float = START_TIMEOUT) -> Pipeline:
     """Start Jaeger, then the collector, on free 127.0.0.1 ports; wait until both are ready."""
     workdir.mkdir(parents=True, exist_ok=True)
-    (
-        col_grpc,
-        col_http,
-        col_health,
-        col_metrics,
-        jae_grpc,
-        jae_http,
-        jae_query,
-        jae_query_grpc,
-        jae_health,
-        jae_metrics,
-    ) = free_ports(10)
-    host = "127.0.0.1"
+    jaeger, jae_grpc, jae_http, jae_query = _jaeger_process(binaries, workdir)
+    ports = CollectorPorts.free()
     file_path = workdir / "traces.jsonl"
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("KILN_OTEL_JAEGER_", "KILN_OTEL_COLLECTOR_"))}
-    jaeger_env = {
-        **base_env,
-        "JAEGER_LISTEN_HOST": host,
-        "KILN_OTEL_JAEGER_OTLP_GRPC_ENDPOINT": f"{host}:{jae_grpc}",
-        "KILN_OTEL_JAEGER_OTLP_HTTP_ENDPOINT": f"{host}:{jae_http}",
-        "KILN_OTEL_JAEGER_QUERY_HTTP_ENDPOINT": f"{host}:{jae_query}",
-        "KILN_OTEL_JAEGER_QUERY_GRPC_ENDPOINT": f"{host}:{jae_query_grpc}",
-        "KILN_OTEL_JAEGER_HEALTH_ENDPOINT": f"{host}:{jae_health}",
-        "KILN_OTEL_JAEGER_METRICS_HOST": host,
-        "KILN_OTEL_JAEGER_METRICS_PORT": str(jae_metrics),
-    }
     collector_env = {
-        **base_env,
-        "KILN_OTEL_COLLECTOR_GRPC_ENDPOINT": f"{host}:{col_grpc}",
-        "KILN_OTEL_COLLECTOR_HTTP_ENDPOINT": f"{host}:{col_http}",
-        "KILN_OTEL_COLLECTOR_HEALTH_ENDPOINT": f"{host}:{col_health}",
-        "KILN_OTEL_COLLECTOR_METRICS_HOST": host,
-        "KILN_OTEL_COLLECTOR_METRICS_PORT": str(col_metrics),
+        **_base_env(),
+        **ports.collector_env(),
         "KILN_OTEL_COLLECTOR_FILE_PATH": str(file_path),
-        "KILN_OTEL_JAEGER_OTLP_ENDPOINT": f"{host}:{jae_grpc}",
+        "KILN_OTEL_JAEGER_OTLP_ENDPOINT": f"{HOST}:{jae_grpc}",
     }
-    jaeger = BackendProcess(
-        "jaeger",
-        [str(binaries.jaeger), "--config", str(JAEGER_CONFIG)],
-        jaeger_env,
-        workdir / "jaeger.log",
-    )
-    collector = BackendProcess(
-        "collector",
-        [str(binaries.collector), "--config", str(COLLECTOR_CONFIG)],
-        collector_env,
-        workdir / "collector.log",
-    )
+    collector = _collector_process("collector", binaries, [COLLECTOR_CONFIG], collector_env, workdir)
     pipeline = Pipeline(
-        otlp_grpc_endpoint=f"http://{host}:{col_grpc}",
-        otlp_http_endpoint=f"http://{host}:{col_http}",
-        jaeger_query_url=f"http://{host}:{jae_query}",
-        jaeger_otlp_grpc_endpoint=f"http://{host}:{jae_grpc}",
-        jaeger_otlp_http_endpoint=f"http://{host}:{jae_http}",
-        collector_health_url=f"http://{host}:{col_health}/",
-        collector_metrics_url=f"http://{host}:{col_metrics}/metrics",
+        otlp_grpc_endpoint=f"http://{HOST}:{ports.grpc}",
+        otlp_http_endpoint=f"http://{HOST}:{ports.http}",
+        jaeger_query_url=f"http://{HOST}:{jae_query}",
+        jaeger_otlp_grpc_endpoint=f"http://{HOST}:{jae_grpc}",
+        jaeger_otlp_http_endpoint=f"http://{HOST}:{jae_http}",
+        collector_health_url=f"http://{HOST}:{ports.health}/",
+        collector_metrics_url=f"http://{HOST}:{ports.metrics}/metrics",
         file_path=file_path,
         collector_log=collector.log_path,
         jaeger_log=jaeger.log_path,
@@ -511,24 +602,124 @@ def start_pipeline(binaries: BackendBinaries, workdir: Path, timeout: float = ST
         _jaeger=jaeger,
     )
     try:
-        jaeger.start()
-        _wait_ready(
-            jaeger,
-            timeout,
-            lambda: pipeline.jaeger_ready() and _port_open(host, jae_grpc),
-            "jaeger",
-        )
+        _start_jaeger(jaeger, pipeline.jaeger_query_url, jae_grpc, timeout)
         collector.start()
-        _wait_ready(
-            collector,
-            timeout,
-            lambda: pipeline.collector_healthy() and _port_open(host, col_grpc) and _port_open(host, col_http),
-            "collector",
-        )
+        _wait_ready(collector, timeout, ports.healthy, "collector")
     except BaseException:
         pipeline.shutdown()
         raise
     return pipeline
+
+
+# --------------------------------------------------------------------------------------------
+# the gateway profile: load balancer -> N tail-sampling collectors -> Jaeger + one archive each
+
+
+@dataclass(frozen=True)
+class Gateway(JaegerReader):
+    """A running gateway tier on 127.0.0.1 (collector-config/gateway/, docs/pipeline.md)."""
+
+    otlp_grpc_endpoint: str  # "http://127.0.0.1:P", the load balancer's OTLP/gRPC receiver
+    otlp_http_endpoint: str  # "http://127.0.0.1:P" base of its OTLP/HTTP receiver
+    jaeger_query_url: str
+    archives: tuple[Path, ...]  # sampler i's file output (OTLP JSON lines), in sampler order
+    loadbalancer: BackendProcess = field(repr=False, compare=False)
+    samplers: tuple[BackendProcess, ...] = field(repr=False, compare=False)
+    jaeger: BackendProcess = field(repr=False, compare=False)
+    ports: dict[str, CollectorPorts] = field(repr=False, compare=False)
+
+    def collectors(self) -> dict[str, BackendProcess]:
+        return {"loadbalancer": self.loadbalancer, **{p.name: p for p in self.samplers}}
+
+    def metrics(self, name: str) -> str:
+        """A collector's own Prometheus metrics (text); "" when it does not answer."""
+        status, body = _http_get(f"http://{HOST}:{self.ports[name].metrics}/metrics", timeout=5.0)
+        return body.decode(errors="replace") if status == 200 else ""
+
+    def stop_sampler(self, index: int, timeout: float = STOP_TIMEOUT) -> int | None:
+        """SIGTERM sampler ``index`` (it decides what it holds and flushes), SIGKILL after ``timeout``."""
+        return self.samplers[index].stop(timeout)
+
+    def kill_sampler(self, index: int) -> None:
+        self.samplers[index].kill()
+
+    def start_sampler(self, index: int, timeout: float = START_TIMEOUT) -> None:
+        """Start sampler ``index`` again on the same ports; wait (bounded) until it is healthy."""
+        sampler = self.samplers[index]
+        sampler.start()
+        _wait_ready(sampler, timeout, self.ports[sampler.name].healthy, sampler.name)
+
+    def logs(self) -> dict[str, str]:
+        return {name: _tail(p.log_path) for name, p in {**self.collectors(), "jaeger": self.jaeger}.items()}
+
+    def shutdown(self) -> None:
+        """Stop everything, each tier after the one that feeds it. Always safe to call."""
+        try:
+            self.loadbalancer.stop()
+            for sampler in self.samplers:
+                sampler.stop()
+        finally:
+            self.jaeger.stop()
+
+
+def start_gateway(
+    binaries: BackendBinaries,
+    workdir: Path,
+    samplers: int = 2,
+    sampler_env: dict[str, str] | None = None,
+    timeout: float = START_TIMEOUT,
+) -> Gateway:
+    """Start Jaeger, ``samplers`` tail-sampling collectors, then the load balancer; wait until ready.
+
+    ``sampler_env`` sets the samplers' KILN_OTEL_SAMPLER_* knobs (gateway/sampler.yaml).
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    jaeger, jae_grpc, _, jae_query = _jaeger_process(binaries, workdir)
+    ports = {"loadbalancer": CollectorPorts.free()}
+    sampler_procs, archives = [], []
+    for i in range(1, samplers + 1):
+        name = f"sampler-{i}"
+        ports[name] = CollectorPorts.free()
+        archives.append(workdir / f"archive-{i}.jsonl")
+        env = {
+            **_base_env(),
+            **ports[name].collector_env(),
+            "KILN_OTEL_COLLECTOR_FILE_PATH": str(archives[-1]),
+            "KILN_OTEL_JAEGER_OTLP_ENDPOINT": f"{HOST}:{jae_grpc}",
+            **(sampler_env or {}),
+        }
+        sampler_procs.append(_collector_process(name, binaries, [COLLECTOR_CONFIG, SAMPLER_CONFIG], env, workdir))
+    lb = ports["loadbalancer"]
+    lb_env = {
+        **_base_env(),
+        "KILN_OTEL_GATEWAY_GRPC_ENDPOINT": f"{HOST}:{lb.grpc}",
+        "KILN_OTEL_GATEWAY_HTTP_ENDPOINT": f"{HOST}:{lb.http}",
+        "KILN_OTEL_GATEWAY_HEALTH_ENDPOINT": f"{HOST}:{lb.health}",
+        "KILN_OTEL_GATEWAY_METRICS_HOST": HOST,
+        "KILN_OTEL_GATEWAY_METRICS_PORT": str(lb.metrics),
+        "KILN_OTEL_GATEWAY_SAMPLERS": "[" + ", ".join(f"{HOST}:{ports[p.name].grpc}" for p in sampler_procs) + "]",
+    }
+    loadbalancer = _collector_process("loadbalancer", binaries, [LOADBALANCER_CONFIG], lb_env, workdir)
+    gateway = Gateway(
+        otlp_grpc_endpoint=f"http://{HOST}:{lb.grpc}",
+        otlp_http_endpoint=f"http://{HOST}:{lb.http}",
+        jaeger_query_url=f"http://{HOST}:{jae_query}",
+        archives=tuple(archives),
+        loadbalancer=loadbalancer,
+        samplers=tuple(sampler_procs),
+        jaeger=jaeger,
+        ports=ports,
+    )
+    try:
+        _start_jaeger(jaeger, gateway.jaeger_query_url, jae_grpc, timeout)
+        for index in range(samplers):
+            gateway.start_sampler(index, timeout)
+        loadbalancer.start()
+        _wait_ready(loadbalancer, timeout, lb.healthy, "loadbalancer")
+    except BaseException:
+        gateway.shutdown()
+        raise
+    return gateway
 
 
 # --------------------------------------------------------------------------------------------
@@ -579,11 +770,44 @@ def pipeline(backend_binaries: BackendBinaries, tmp_path_factory: pytest.TempPat
         running.shutdown()
 
 
+_GATEWAYS: list[Gateway] = []
+
+
+@pytest.fixture
+def gateway_factory(
+    backend_binaries: BackendBinaries, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., Gateway]]:
+    """``start(samplers=2, sampler_env=None)``: a gateway tier on free ports, stopped at the end."""
+    started: list[Gateway] = []
+
+    def start(samplers: int = 2, sampler_env: dict[str, str] | None = None) -> Gateway:
+        for attempt in range(1, 4):
+            workdir = tmp_path_factory.mktemp("otel-gateway")
+            try:
+                gateway = start_gateway(backend_binaries, workdir, samplers, sampler_env)
+            except BackendUnavailableError as exc:
+                if attempt < 3 and "address already in use" in str(exc).lower():
+                    continue  # a port was taken between free_ports() and the bind
+                _unavailable(str(exc))
+            started.append(gateway)
+            _GATEWAYS.append(gateway)
+            return gateway
+        raise AssertionError("unreachable")
+
+    try:
+        yield start
+    finally:
+        for gateway in started:
+            _GATEWAYS.remove(gateway)
+            gateway.shutdown()
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Anything that needs the real backends carries the ``backends`` marker (``-m "not backends"``)."""
     for item in items:
         names = getattr(item, "fixturenames", ())
-        if ("pipeline" in names or "backend_binaries" in names) and item.get_closest_marker("backends") is None:
+        needs = {"pipeline", "backend_binaries", "gateway_factory"}
+        if needs & set(names) and item.get_closest_marker("backends") is None:
             item.add_marker(pytest.mark.backends)
 
 
@@ -592,8 +816,13 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
-    if report.failed and "pipeline" in getattr(item, "fixturenames", ()) and _ACTIVE:
+    names = getattr(item, "fixturenames", ())
+    if report.failed and "pipeline" in names and _ACTIVE:
         running = _ACTIVE[-1]
         report.sections.append(("collector log (tail)", _tail(running.collector_log)))
         report.sections.append(("jaeger log (tail)", _tail(running.jaeger_log)))
+    if report.failed and "gateway_factory" in names:
+        for gateway in _GATEWAYS:
+            for name, tail in gateway.logs().items():
+                report.sections.append((f"gateway {name} log (tail)", tail))
     return report

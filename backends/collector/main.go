@@ -1,5 +1,5 @@
 // Command otelcol-kiln is the OpenTelemetry Collector distribution that kiln-otel's
-// collector-config/otelcol.yaml needs: exactly the components that file names, no more.
+// collector-config/ profiles need: exactly the components those files name, no more.
 // scripts/backends.sh builds it; tests/test_pipeline_config.py checks the two agree.
 package main
 
@@ -19,8 +19,10 @@ import (
 	"go.opentelemetry.io/collector/service/telemetry/otelconftelemetry"
 
 	"github.com/open-telemetry/opentelemetry-collector-contrib/exporter/fileexporter"
+	"github.com/open-telemetry/opentelemetry-collector-contrib/exporter/loadbalancingexporter"
 	"github.com/open-telemetry/opentelemetry-collector-contrib/extension/healthcheckextension"
-	"github.com/open-telemetry/opentelemetry-collector-contrib/processor/redactionprocessor"
+	"github.com/open-telemetry/opentelemetry-collector-contrib/processor/tailsamplingprocessor"
+	"github.com/open-telemetry/opentelemetry-collector-contrib/processor/transformprocessor"
 )
 
 func components() (otelcol.Factories, error) {
@@ -34,7 +36,8 @@ func components() (otelcol.Factories, error) {
 	if f.Processors, err = otelcol.MakeFactoryMap(
 		memorylimiterprocessor.NewFactory(),
 		batchprocessor.NewFactory(),
-		redactionprocessor.NewFactory(),
+		transformprocessor.NewFactory(),
+		tailsamplingprocessor.NewFactory(),
 	); err != nil {
 		return f, err
 	}
@@ -42,6 +45,7 @@ func components() (otelcol.Factories, error) {
 		otlpexporter.NewFactory(),
 		fileexporter.NewFactory(),
 		debugexporter.NewFactory(),
+		loadbalancingexporter.NewFactory(),
 	); err != nil {
 		return f, err
 	}
@@ -57,8 +61,8 @@ func main() {
 	settings := otelcol.CollectorSettings{
 		BuildInfo: component.BuildInfo{
 			Command:     "otelcol-kiln",
-			Description: "OpenTelemetry Collector for kiln-otel (OTLP in; redaction; OTLP, file, debug out)",
-			Version:     "0.165.0-kiln",
+			Description: "OpenTelemetry Collector for kiln-otel (OTLP in; OTTL redaction, tail sampling; OTLP, load balancing, file, debug out)",
+			Version:     "0.161.0-kiln",
 		},
 		Factories: components,
 		ConfigProviderSettings: otelcol.ConfigProviderSettings{
