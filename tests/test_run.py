@@ -117,8 +117,13 @@ def test_nested_runs_pass_the_inner_error_through(tracing: Tracing) -> None:
     outer_span = tracing.span("invoke_agent outer")
     assert inner_span.parent is not None
     assert inner_span.parent.span_id == outer_span.context.span_id
-    assert reconstruct_error(tracing.spans()).trace == [USER]
+    assert outer_span.attributes is not None
+    assert outer_span.attributes["kiln_otel.error.span_id"] == f"{inner_span.context.span_id:016x}"
+    # By trace id alone: the payload the app got, the inner run's; each run by its own span id.
+    assert reconstruct_error(tracing.spans()) == caught.value.to_error_with_trace()
+    assert reconstruct_error(tracing.spans()).trace == [SYSTEM]
     assert reconstruct_error(tracing.spans(), span_id=inner_span.context.span_id).trace == [SYSTEM]
+    assert reconstruct_error(tracing.spans(), span_id=outer_span.context.span_id).trace == [USER]
 
 
 def test_async_with(tracing: Tracing) -> None:
