@@ -92,8 +92,9 @@ def _optional_int(value: object) -> int | None:
 
 
 def _unended_run(trace_id: str, span_id: str, segments: Sequence[SpanRecord]) -> UnendedRun:
-    """The run as its last segment describes it; its totals are that segment's, so a segment or an
-    event lost before it still shows, while what the run held after it is the `NOT_ENDED_ISSUE`."""
+    """The run as its last segment describes it. That segment's totals stand in for the run's, so a
+    segment or an event lost before it still shows (what the run held after it is `NOT_ENDED_ISSUE`);
+    each is bounded by the events the segment really carries, so no attribute can inflate them."""
     last = max(segments, key=lambda s: _optional_int(s.attributes.get(wire.ATTR_SEGMENT_INDEX)) or 0)
     attributes: dict[str, Any] = {
         wire.ATTR_SCHEMA_VERSION: wire.SCHEMA_VERSION,
@@ -103,12 +104,16 @@ def _unended_run(trace_id: str, span_id: str, segments: Sequence[SpanRecord]) ->
     name = name if isinstance(name, str) and name else None
     if name:
         attributes[wire.ATTR_GEN_AI_AGENT_NAME] = name
-    totals = {
-        wire.ATTR_MESSAGES_OPS: (_optional_int(last.attributes.get(wire.ATTR_SEGMENT_LAST_SEQ)), 1),
-        wire.ATTR_MESSAGES_COUNT: (_optional_int(last.attributes.get(wire.ATTR_MESSAGES_COUNT)), 0),
-        wire.ATTR_SEGMENTS: (_optional_int(last.attributes.get(wire.ATTR_SEGMENT_INDEX)), 0),
-    }
-    attributes.update({key: value + offset for key, (value, offset) in totals.items() if value is not None})
+    seqs = [_optional_int(e.attributes.get(wire.ATTR_EVENT_SEQ)) for e in last.events]
+    ops = max((seq + 1 for seq in seqs if seq is not None), default=None)
+    if ops is not None:
+        # Each segment holds at least one event and each event grows the list by at most one.
+        totals = {
+            wire.ATTR_MESSAGES_OPS: ops,
+            wire.ATTR_MESSAGES_COUNT: _optional_int(last.attributes.get(wire.ATTR_MESSAGES_COUNT)),
+            wire.ATTR_SEGMENTS: _optional_int(last.attributes.get(wire.ATTR_SEGMENT_INDEX)),
+        }
+        attributes.update({key: n for key, n in totals.items() if n is not None and 0 <= n <= ops})
     parent = last.attributes.get(wire.ATTR_RUN_PARENT_SPAN_ID)
     return UnendedRun(
         trace_id=trace_id,

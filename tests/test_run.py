@@ -157,13 +157,60 @@ def test_manual_fail_for_code_that_owns_its_except(tracing: Tracing) -> None:
     assert len(tracing.spans()) == 1
 
 
-def test_base_exceptions_are_recorded_not_wrapped(tracing: Tracing) -> None:
-    with pytest.raises(KeyboardInterrupt), traced_run("interrupted", tracer_provider=tracing.provider):
-        raise KeyboardInterrupt
+def test_keyboard_interrupt_is_recorded_as_cancellation_and_propagates(tracing: Tracing) -> None:
+    interrupt = KeyboardInterrupt()
+    with pytest.raises(KeyboardInterrupt) as caught, traced_run("interrupted", tracer_provider=tracing.provider) as run:
+        run.messages.append(USER)
+        raise interrupt
+    assert caught.value is interrupt
     span = tracing.span("invoke_agent interrupted")
     assert span.status.status_code is StatusCode.ERROR
+    assert span.status.description == "The run was cancelled."
     assert span.attributes is not None
     assert span.attributes["error.type"] == "KeyboardInterrupt"
+    payload = reconstruct_error(tracing.spans())
+    assert (payload.message, payload.error_type, payload.trace) == (
+        "The run was cancelled.",
+        "KeyboardInterrupt",
+        [USER],
+    )
+
+
+def test_cancelled_task_is_recorded_as_cancellation_and_propagates(tracing: Tracing) -> None:
+    started = asyncio.Event()
+
+    async def agent() -> None:
+        async with traced_run("cancelled", tracer_provider=tracing.provider) as run:
+            run.messages.extend([SYSTEM, USER])
+            started.set()
+            await asyncio.sleep(60)
+
+    async def main() -> None:
+        task = asyncio.create_task(agent())
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    span = tracing.span("invoke_agent cancelled")
+    assert span.status.description == "The run was cancelled."
+    assert span.attributes is not None
+    assert span.attributes["error.type"] == "asyncio.exceptions.CancelledError"
+    payload = reconstruct_error(tracing.spans())
+    assert (payload.message, payload.error_type, payload.trace) == (
+        "The run was cancelled.",
+        "CancelledError",
+        [SYSTEM, USER],
+    )
+
+
+def test_hand_driven_cancellation_payload_equals_reconstruction(tracing: Tracing) -> None:
+    run = traced_run("by hand", tracer_provider=tracing.provider)
+    run.messages.append(USER)
+    err = run.fail(asyncio.CancelledError())
+    assert str(err) == "The run was cancelled."
+    assert reconstruct_error(tracing.spans()) == err.to_error_with_trace()
 
 
 class UnprintableError(Exception):
