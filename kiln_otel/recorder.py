@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry import trace
@@ -45,6 +45,7 @@ _UNLIMITED_EVENTS_PER_SPAN = 10_000
 _TRUNCATED = wire.ATTR_MESSAGE_TRUNCATED
 _LOSSY = wire.ATTR_MESSAGE_LOSSY
 _SEQ = wire.ATTR_EVENT_SEQ
+_time_ns = time.time_ns
 
 _Buffered = tuple[str, dict[str, Any], int]
 """(event name, attributes, time in ns since the epoch): an event recorded but not yet on a span."""
@@ -52,34 +53,39 @@ _Buffered = tuple[str, dict[str, Any], int]
 
 def _write_events(span: Span, events: Sequence[_Buffered]) -> None:
     """Add the events with their own timestamps, the cheapest correct way for this span."""
-    add = _sdk_add_event(span)
-    if add is not None:
+    events_list = _sdk_events(span)
+    if events_list is not None:
         from opentelemetry.sdk.trace import Event
 
-        for name, attributes, timestamp in events:
-            add(Event(name, attributes, timestamp))
-        return
+        batch = [Event(name, attributes, timestamp) for name, attributes, timestamp in events]
+        with span._lock:  # type: ignore[attr-defined]
+            if span._end_time is None:  # type: ignore[attr-defined]
+                events_list.extend(batch)
+                return
     for name, attributes, timestamp in events:
         span.add_event(name, attributes, timestamp)
 
 
-def _sdk_add_event(span: Span) -> Callable[[Any], None] | None:
-    """The SDK span's internal ``_add_event``, when it is safe to hand it finished ``Event`` objects.
+def _sdk_events(span: Span) -> Any:
+    """The SDK span's own event list, when it is safe to extend it with finished ``Event`` objects.
 
     The public ``add_event`` re-validates every attribute (about 1.2 us each, more than serializing
-    the message). Ours are built from str/int/bool/tuple only; any other span, a length limit to
-    apply, or an SDK whose internals moved gets the public API.
+    the message) and locks the span once per event. Ours are built from str/int/bool/tuple only, so
+    for the SDK's own ``Span`` the whole batch goes in under one lock, exactly as its ``_add_event``
+    would put each; any other span, a length limit to apply, or an SDK whose internals moved gets the
+    public API.
     """
     try:
         from opentelemetry.sdk.trace import Span as SdkSpan
+        from opentelemetry.sdk.util import BoundedList
     except ImportError:  # pragma: no cover - the SDK is a dependency
         return None
-    add = getattr(span, "_add_event", None)
-    if not isinstance(span, SdkSpan) or not callable(add):
+    if not isinstance(span, SdkSpan) or not hasattr(span, "_lock") or not hasattr(span, "_end_time"):
         return None
     if getattr(getattr(span, "_limits", None), "max_attribute_length", None) is not None:
         return None
-    return add  # type: ignore[no-any-return]
+    events = getattr(span, "_events", None)
+    return events if isinstance(events, BoundedList) else None
 
 
 def _max_events(span: Span) -> int:
@@ -165,9 +171,10 @@ class Recorder:
         if buffer and (len(buffer) >= self._capacity or size > self._bytes_left):
             self._write_segment()
             buffer = self._buffer
-        attributes[_SEQ] = self._seq
-        self._seq += 1
-        buffer.append((name, attributes, time.time_ns()))
+        seq = self._seq
+        attributes[_SEQ] = seq
+        self._seq = seq + 1
+        buffer.append((name, attributes, _time_ns()))
         self._bytes_left -= size
         if len(buffer) == 1:
             self._due = time.monotonic() + self._delay
