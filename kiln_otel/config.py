@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from kiln_otel._guard import logger
 from kiln_otel.redaction import RedactHook, RedactSetting, resolve_redactor
@@ -51,6 +53,7 @@ _CAPTURE_VALUES = {
 }
 
 _warned: set[str] = set()
+_Number = TypeVar("_Number", int, float)
 
 
 @dataclass(frozen=True)
@@ -79,32 +82,30 @@ def _capture_from_env() -> bool:
     return value
 
 
-def _bytes_from_env(name: str, default: int) -> int:
+def _number_from_env(
+    name: str, default: _Number, parse: Callable[[str], _Number], valid: Callable[[_Number], bool]
+) -> _Number:
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = int(raw)
+        value = parse(raw)
     except ValueError:
-        value = -1
-    if value < MIN_BUDGET_BYTES:
+        value = None
+    if value is None or not valid(value):
         _warn_once(name, raw, default)
         return default
     return value
 
 
+def _bytes_from_env(name: str, default: int) -> int:
+    return _number_from_env(name, default, int, lambda value: value >= MIN_BUDGET_BYTES)
+
+
 def _delay_from_env() -> float:
-    raw = os.environ.get(ENV_LIVE_EXPORT_DELAY, "").strip()
-    if not raw:
-        return DEFAULT_LIVE_EXPORT_DELAY_SECONDS
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < math.inf:
-        _warn_once(ENV_LIVE_EXPORT_DELAY, raw, DEFAULT_LIVE_EXPORT_DELAY_SECONDS)
-        return DEFAULT_LIVE_EXPORT_DELAY_SECONDS
-    return value
+    return _number_from_env(
+        ENV_LIVE_EXPORT_DELAY, DEFAULT_LIVE_EXPORT_DELAY_SECONDS, float, lambda value: 0 <= value < math.inf
+    )
 
 
 def resolve_settings(

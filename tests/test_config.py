@@ -54,3 +54,29 @@ def test_redaction_off_and_custom() -> None:
     assert config.resolve_settings(redact=None).redact is None
     hook = str.upper
     assert config.resolve_settings(redact=hook).redact is hook
+
+
+def test_live_export_delay_argument_beats_environment_beats_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(config.ENV_LIVE_EXPORT_DELAY, raising=False)
+    assert config.resolve_settings().live_export_delay == config.DEFAULT_LIVE_EXPORT_DELAY_SECONDS == 1.0
+    monkeypatch.setenv(config.ENV_LIVE_EXPORT_DELAY, "0.25")
+    assert config.resolve_settings().live_export_delay == 0.25
+    assert config.resolve_settings(live_export_delay=0).live_export_delay == 0.0
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "inf", "nan"])
+def test_a_bad_live_export_delay_warns_once_and_falls_back(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, value: str
+) -> None:
+    config._warned.clear()
+    monkeypatch.setenv(config.ENV_LIVE_EXPORT_DELAY, value)
+    with caplog.at_level(logging.WARNING, logger="kiln_otel"):
+        assert config.resolve_settings().live_export_delay == config.DEFAULT_LIVE_EXPORT_DELAY_SECONDS
+        assert config.resolve_settings().live_export_delay == config.DEFAULT_LIVE_EXPORT_DELAY_SECONDS
+    assert len([r for r in caplog.records if config.ENV_LIVE_EXPORT_DELAY in r.getMessage()]) == 1
+
+
+@pytest.mark.parametrize("value", [-0.5, float("inf"), float("nan")])
+def test_a_bad_live_export_delay_argument_raises(value: float) -> None:
+    with pytest.raises(ValueError, match="live_export_delay"):
+        config.resolve_settings(live_export_delay=value)

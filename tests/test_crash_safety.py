@@ -202,7 +202,13 @@ def read_back(sink: Sink, child: Child, count: int, *, ended: bool) -> dict[str,
 
 
 def assert_rebuilt(
-    found: dict[str, list[SpanRecord]], child: Child, count: int, *, complete: bool, error_type: str | None
+    found: dict[str, list[SpanRecord]],
+    child: Child,
+    count: int,
+    *,
+    complete: bool,
+    error_type: str | None,
+    message: str | None = None,
 ) -> None:
     for where, spans in found.items():
         trace = reconstruct_trace(spans, trace_id=child.trace_id)
@@ -216,6 +222,7 @@ def assert_rebuilt(
             continue
         payload = reconstruct_error(spans, child.trace_id)
         assert (payload.error_type, payload.trace, payload.trace_complete) == (error_type, trace, complete), where
+        assert message is None or payload.message == message, where
 
 
 # --- issue 8's table ------------------------------------------------------------------------------
@@ -226,9 +233,8 @@ def test_sigterm_during_the_run(sink: Sink, start: Callable[..., Child]) -> None
     assert child.wait() == -signal.SIGTERM  # the signal still ends the process, as it would have
     print(f"\n[{sink.name}] SIGTERM: process gone {time.monotonic() - sent:.2f} s after the signal")
     found = read_back(sink, child, MESSAGES, ended=True)
-    assert_rebuilt(found, child, MESSAGES, complete=True, error_type="ProcessTerminatedError")
-    payload = reconstruct_error(next(iter(found.values())), child.trace_id)
-    assert payload.message == "The process was stopped by SIGTERM while the run was in progress."
+    stopped = "The process was stopped by SIGTERM while the run was in progress."
+    assert_rebuilt(found, child, MESSAGES, complete=True, error_type="ProcessTerminatedError", message=stopped)
 
 
 def test_hand_driven_run_with_an_uncaught_exception(sink: Sink, start: Callable[..., Child]) -> None:
@@ -236,9 +242,8 @@ def test_hand_driven_run_with_an_uncaught_exception(sink: Sink, start: Callable[
     assert child.wait() == 1
     assert "ValueError: the tool returned garbage" in child.stderr()  # the app's own traceback, unchanged
     found = read_back(sink, child, MESSAGES, ended=True)
-    assert_rebuilt(found, child, MESSAGES, complete=True, error_type="ValueError")
-    payload = reconstruct_error(next(iter(found.values())), child.trace_id)
-    assert payload.message == "The process exited while the run was in progress: the tool returned garbage"
+    exited = "The process exited while the run was in progress: the tool returned garbage"
+    assert_rebuilt(found, child, MESSAGES, complete=True, error_type="ValueError", message=exited)
 
 
 def test_run_finished_normally_then_sigterm(sink: Sink, start: Callable[..., Child]) -> None:
@@ -293,14 +298,15 @@ def test_a_hung_run_is_readable_while_it_is_stuck(
         time.sleep(BOUND)
         assert child.proc.poll() is None  # still stuck, not dead
         found = read_back(sink, child, count, ended=False)
-        assert_rebuilt(found, child, count, complete=False, error_type="RunNotEndedError")
+        not_ended = "The run did not end: the process died or the run is still going."
+        assert_rebuilt(found, child, count, complete=False, error_type="RunNotEndedError", message=not_ended)
         printed = kiln_otel_cli(sink, child, pipeline)
         assert (printed["error_type"], printed["trace"], printed["trace_complete"]) == (
             "RunNotEndedError",
             [message(i) for i in range(count)],
             False,
         )
-        assert printed["message"] == "The run did not end: the process died or the run is still going."
+        assert printed["message"] == not_ended
 
 
 def test_a_thousand_and_fifty_messages_then_sigkill(sink: Sink, start: Callable[..., Child]) -> None:

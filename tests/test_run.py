@@ -157,23 +157,27 @@ def test_manual_fail_for_code_that_owns_its_except(tracing: Tracing) -> None:
     assert len(tracing.spans()) == 1
 
 
+def assert_cancelled(tracing: Tracing, name: str, error_type: str, trace: list[object]) -> None:
+    span = tracing.span(f"invoke_agent {name}")
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.status.description == "The run was cancelled."
+    assert span.attributes is not None
+    assert span.attributes["error.type"] == error_type
+    payload = reconstruct_error(tracing.spans())
+    assert (payload.message, payload.error_type, payload.trace) == (
+        "The run was cancelled.",
+        error_type.rsplit(".", 1)[-1],
+        trace,
+    )
+
+
 def test_keyboard_interrupt_is_recorded_as_cancellation_and_propagates(tracing: Tracing) -> None:
     interrupt = KeyboardInterrupt()
     with pytest.raises(KeyboardInterrupt) as caught, traced_run("interrupted", tracer_provider=tracing.provider) as run:
         run.messages.append(USER)
         raise interrupt
     assert caught.value is interrupt
-    span = tracing.span("invoke_agent interrupted")
-    assert span.status.status_code is StatusCode.ERROR
-    assert span.status.description == "The run was cancelled."
-    assert span.attributes is not None
-    assert span.attributes["error.type"] == "KeyboardInterrupt"
-    payload = reconstruct_error(tracing.spans())
-    assert (payload.message, payload.error_type, payload.trace) == (
-        "The run was cancelled.",
-        "KeyboardInterrupt",
-        [USER],
-    )
+    assert_cancelled(tracing, "interrupted", "KeyboardInterrupt", [USER])
 
 
 def test_cancelled_task_is_recorded_as_cancellation_and_propagates(tracing: Tracing) -> None:
@@ -193,16 +197,7 @@ def test_cancelled_task_is_recorded_as_cancellation_and_propagates(tracing: Trac
             await task
 
     asyncio.run(main())
-    span = tracing.span("invoke_agent cancelled")
-    assert span.status.description == "The run was cancelled."
-    assert span.attributes is not None
-    assert span.attributes["error.type"] == "asyncio.exceptions.CancelledError"
-    payload = reconstruct_error(tracing.spans())
-    assert (payload.message, payload.error_type, payload.trace) == (
-        "The run was cancelled.",
-        "CancelledError",
-        [SYSTEM, USER],
-    )
+    assert_cancelled(tracing, "cancelled", "asyncio.exceptions.CancelledError", [SYSTEM, USER])
 
 
 def test_hand_driven_cancellation_payload_equals_reconstruction(tracing: Tracing) -> None:
