@@ -7,6 +7,7 @@
      ├── RunInterruptedError        a run that ended without the app ending or failing it
      │    ├── ProcessExitedError        the interpreter exited with the run still open
      │    ├── ProcessTerminatedError    a signal (SIGTERM) stopped the process with the run still open
+     │    ├── RunAbandonedError         the app dropped the run without ending it
      │    └── RunNotEndedError          rebuilt from telemetry: the run's span never ended
      └── KilnOtelError              kiln-otel itself could not do what was asked
           └── ReconstructionError   telemetry could not be turned back into a trace
@@ -43,6 +44,7 @@ __all__ = [
     "ProcessExitedError",
     "ProcessTerminatedError",
     "ReconstructionError",
+    "RunAbandonedError",
     "RunInterruptedError",
     "RunNotEndedError",
     "TraceNotFoundError",
@@ -123,6 +125,14 @@ class ProcessTerminatedError(RunInterruptedError):
     """The handler `configure_tracing` installs for SIGTERM (or SIGINT set to its default) ended the run."""
 
     default_message = "The process was stopped by a signal while the run was in progress."
+
+
+class RunAbandonedError(RunInterruptedError):
+    """The last reference to a hand-driven run went away while it was open: no ``run.end()`` or
+    ``run.fail()`` ran (a forgotten call, or a ``CancelledError`` that skipped ``except Exception``).
+    kiln-otel ends it when the next run starts, or at exit, so its span is not left open forever."""
+
+    default_message = "The run was abandoned: it was dropped before it ended."
 
 
 class RunNotEndedError(RunInterruptedError):

@@ -13,6 +13,12 @@ recorded into, and ends the open runs itself when the process is on its way out:
   (a run that had already ended waits in the batch queue too), then the previous disposition is put
   back and the signal raised again, so the process ends exactly as it would have.
 
+A run the app drops without ending it (a forgotten ``run.end()``, a ``CancelledError`` that skipped an
+``except Exception``) is not kept alive for that: the registry holds runs weakly, and a dropped run is
+ended as `RunAbandonedError` when the next run starts, or at exit. The drop itself only appends to a
+deque (garbage collection may run it anywhere, inside any lock); the ending happens later, in
+ordinary code.
+
 Everything here is bounded by the exporter timeout: losing telemetry beats holding a dying process.
 SIGKILL and ``os._exit`` run nothing; live export (`kiln_otel.recorder`) is what bounds their loss.
 """
@@ -27,7 +33,9 @@ import sys
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -36,13 +44,17 @@ from kiln_otel._guard import logger, report_internal_error
 from kiln_otel.errors import ProcessExitedError, ProcessTerminatedError
 
 if TYPE_CHECKING:
-    from opentelemetry.trace import TracerProvider
+    from opentelemetry.trace import Span, TracerProvider
 
+    from kiln_otel.messages import TracedMessages
+    from kiln_otel.recorder import Recorder
     from kiln_otel.run import TracedRun
 
 __all__ = [
     "LOCK_TIMEOUT_SECONDS",
+    "Tracking",
     "add_provider",
+    "end_dropped_runs",
     "end_open_runs",
     "forget",
     "install_signal_handlers",
@@ -56,29 +68,62 @@ LOCK_TIMEOUT_SECONDS = 0.5
 Ending = Callable[["TracedRun"], tuple[BaseException, str]]
 """For one open run: the error to record and the user-facing message to give it."""
 
+Dropped = tuple["Span", "Recorder", "TracedMessages"]
+"""What ending a run takes, kept apart from the run object so the run itself can be collected."""
+
 _lock = threading.Lock()
 _open: weakref.WeakValueDictionary[int, TracedRun] = weakref.WeakValueDictionary()
 _order = itertools.count()
+_dropped: deque[Dropped] = deque()
 _providers: weakref.WeakSet[TracerProvider] = weakref.WeakSet()
 _previous_handlers: dict[int, Any] = {}
 _stopping = False
 
 
 # --- the registry ----------------------------------------------------------------------------------
-def track(run: TracedRun, provider: TracerProvider) -> int:
-    """Remember an open recording run until `forget`; returns its key. Cheap: once per run."""
+@dataclass(frozen=True)
+class Tracking:
+    """An open run's place in the registry; `forget` it when the run ends."""
+
+    key: int
+    dropped: weakref.finalize[Any, TracedRun]
+
+
+def track(run: TracedRun, provider: TracerProvider, parts: Dropped) -> Tracking:
+    """Remember an open recording run until `forget`. Cheap: once per run.
+
+    ``parts`` are what ending the run takes should the app drop it; they are queued when the run is
+    collected, and the runs dropped so far are ended here, in the next run's ordinary code.
+    """
     key = next(_order)
+    dropped = weakref.finalize(run, _dropped.append, parts)
+    dropped.atexit = False  # exit is ours to handle, before the providers shut down
     with _lock:
         _open[key] = run
         new = _remember(provider)
     if new:
         _keep_exit_hook_last()
-    return key
+    if _dropped:
+        end_dropped_runs(LOCK_TIMEOUT_SECONDS)
+    return Tracking(key, dropped)
 
 
-def forget(key: int) -> None:
+def forget(tracking: Tracking) -> None:
+    tracking.dropped.detach()
     with _lock:
-        _open.pop(key, None)
+        _open.pop(tracking.key, None)
+
+
+def end_dropped_runs(lock_timeout: float) -> None:
+    """End, as `RunAbandonedError`, every run collected while open since the last call."""
+    from kiln_otel.run import end_abandoned
+
+    while True:
+        try:
+            span, recorder, messages = _dropped.popleft()
+        except IndexError:
+            return
+        end_abandoned(span, recorder, messages, lock_timeout)
 
 
 def add_provider(provider: TracerProvider) -> None:
@@ -110,6 +155,7 @@ def _forget_everything_in_child() -> None:
     global _lock, _stopping
     _lock = threading.Lock()
     _open.clear()
+    _dropped.clear()
     _stopping = False
 
 
@@ -125,6 +171,7 @@ def end_open_runs(ending: Ending, providers: Iterable[TracerProvider] | None = N
     for the flushes; ending a run waits at most `LOCK_TIMEOUT_SECONDS` for its lock.
     """
     deadline = time.monotonic() + bound
+    end_dropped_runs(LOCK_TIMEOUT_SECONDS)
     with _lock:
         runs = [run for _, run in sorted(_open.items(), key=lambda item: item[0], reverse=True)]
     to_flush = list(providers) if providers is not None else [run._provider for run in runs]

@@ -28,7 +28,7 @@ from kiln_otel import lifecycle, wire
 from kiln_otel._guard import report_internal_error
 from kiln_otel.config import Settings, resolve_settings
 from kiln_otel.error_messages import GENERIC_MESSAGE, format_error_message
-from kiln_otel.errors import KilnRunError, ProcessExitedError, RunInterruptedError
+from kiln_otel.errors import KilnRunError, ProcessExitedError, RunAbandonedError, RunInterruptedError
 from kiln_otel.messages import TracedMessages
 from kiln_otel.recorder import Recorder
 from kiln_otel.redaction import RedactSetting
@@ -122,12 +122,12 @@ class TracedRun:
         self._recorder: Recorder | None = None
         self._end_lock = threading.Lock()
         self._ended = False
-        self._open_key: int | None = None
+        self._tracking: lifecycle.Tracking | None = None
         if self.span.is_recording():
             identity = self._identity(name, conversation_id)
             self._recorder = Recorder(self.span, tracer, self.settings, identity)
             self.messages._attach(self._recorder)
-            self._open_key = lifecycle.track(self, self._provider)
+            self._tracking = lifecycle.track(self, self._provider, (self.span, self._recorder, self.messages))
         self.messages.extend(messages)
         self._otel_token: object | None = None
         self._run_token: Token[TracedRun | None] | None = None
@@ -223,27 +223,14 @@ class TracedRun:
             if self._ended:
                 return
             self._ended = True
-        if self._open_key is not None:
-            lifecycle.forget(self._open_key)
+        if self._tracking is not None:
+            lifecycle.forget(self._tracking)
         if exc is not None:
             self._record_error(exc, message)
         try:
-            if self._recorder is not None:
-                self._close_recorder(self._recorder, lock_timeout)
-            self.span.end()
+            _close(self.span, self._recorder, self.messages, lock_timeout)
         except Exception as internal:
             report_internal_error("TracedRun.end", internal)
-
-    def _close_recorder(self, recorder: Recorder, lock_timeout: float | None) -> None:
-        """Past ``lock_timeout`` the lock's holder is stuck (or is the thread a signal interrupted):
-        closing without it risks one event's bookkeeping, waiting risks the whole run."""
-        locked = recorder.lock.acquire(timeout=-1 if lock_timeout is None else lock_timeout)
-        try:
-            recorder.close(len(self.messages))
-            self.messages._attach(None)
-        finally:
-            if locked:
-                recorder.lock.release()
 
     def _record_error(self, exc: BaseException, message: str) -> None:
         try:
@@ -305,6 +292,33 @@ class TracedRun:
             report_internal_error("TracedRun._detach", exc)
         finally:
             self._run_token = self._otel_token = None
+
+
+def _close(span: Span, recorder: Recorder | None, messages: TracedMessages, lock_timeout: float | None) -> None:
+    """Write what is buffered and the totals, stop the list recording, end the span.
+
+    Past ``lock_timeout`` the lock's holder is stuck (or is the thread a signal interrupted): closing
+    without it risks one event's bookkeeping, waiting risks the whole run.
+    """
+    if recorder is not None:
+        locked = recorder.lock.acquire(timeout=-1 if lock_timeout is None else lock_timeout)
+        try:
+            recorder.close(len(messages))
+            messages._attach(None)
+        finally:
+            if locked:
+                recorder.lock.release()
+    span.end()
+
+
+def end_abandoned(span: Span, recorder: Recorder, messages: TracedMessages, lock_timeout: float) -> None:
+    """End a run the app dropped while it was open (`kiln_otel.lifecycle` queues them)."""
+    try:
+        error = RunAbandonedError()
+        record_failure(span, error, None, str(error))
+        _close(span, recorder, messages, lock_timeout)
+    except Exception as internal:
+        report_internal_error("end_abandoned", internal)
 
 
 traced_run = TracedRun

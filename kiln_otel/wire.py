@@ -109,7 +109,7 @@ ATTR_ERROR_TYPE: Final = "error.type"
 OPERATION_INVOKE_AGENT: Final = "invoke_agent"
 EVENT_EXCEPTION: Final = "exception"
 
-# --- The run span and its continuation segments -----------------------------------------------
+# --- The run span and its segment spans ----------------------------------------------------------
 ATTR_SCHEMA_VERSION: Final = "kiln_otel.schema_version"
 """On the run span: marks it as a kiln-otel run and says which contract wrote it."""
 ATTR_MESSAGES_COUNT: Final = "kiln_otel.messages.count"
@@ -118,7 +118,7 @@ on a segment the length when it was written, so a reader can tell a trace is who
 ATTR_MESSAGES_OPS: Final = "kiln_otel.messages.ops"
 """On the run span at its end: how many list events were written (their seq run 0..ops-1)."""
 ATTR_SEGMENTS: Final = "kiln_otel.segments"
-"""On the run span at its end: how many continuation segment spans were opened."""
+"""On the run span at its end: how many segment spans were written."""
 ATTR_MESSAGES_TRUNCATED: Final = "kiln_otel.messages.truncated"
 ATTR_MESSAGES_LOSSY: Final = "kiln_otel.messages.lossy"
 

@@ -6,6 +6,10 @@ when (``time.monotonic``, which the parent shares on Linux). What happens next i
 
     sigterm    a ``with traced_run`` block appends, then waits to be stopped
     uncaught   a hand-driven run appends, then an exception nobody catches ends the process
+    sigint     a hand-driven run appends, then waits for Ctrl-C (Python's own KeyboardInterrupt)
+    return     a hand-driven run (kept at module level) appends, then the script returns, run still open
+    sys.exit   the same, then ``sys.exit(2)``
+    abandon    a function drives a run and returns without ending it; the script exits a moment later
     finished   a run appends and ends normally, then the process waits to be stopped
     hang       appends in batches (the next one when a line arrives on stdin), then hangs
     exit       appends, waits --wait seconds, then ``os._exit(3)``
@@ -25,6 +29,7 @@ from kiln_otel import traced_run
 from kiln_otel.export import configure_tracing
 
 RUN_NAME = "crash-safety"
+KEPT: list[Any] = []
 
 
 def message(i: int) -> dict[str, Any]:
@@ -56,7 +61,10 @@ def append(run: Any, start: int, count: int, pace: float = 0.0, each: bool = Fal
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("scenario", choices=["sigterm", "uncaught", "finished", "hang", "exit", "paced"])
+    parser.add_argument(
+        "scenario",
+        choices=["sigterm", "uncaught", "sigint", "return", "sys.exit", "abandon", "finished", "hang", "exit", "paced"],
+    )
     parser.add_argument("--messages", type=int, default=60)
     parser.add_argument("--batches", type=int, default=1)
     parser.add_argument("--wait", type=float, default=0.0)
@@ -64,6 +72,7 @@ def main() -> None:
     args = parser.parse_args()
     provider, _ = configure_tracing(service_name="kiln-otel-crash-safety")
     run = traced_run(RUN_NAME, tracer_provider=provider)
+    KEPT.append(run)  # as a script's module-level run would be, still there at exit
     report("started", trace_id=run.trace_id, span_id=run.span_id, pid=os.getpid())
     if args.scenario == "sigterm":
         with run:
@@ -72,6 +81,19 @@ def main() -> None:
     elif args.scenario == "uncaught":
         append(run, 0, args.messages)
         raise ValueError("the tool returned garbage")
+    elif args.scenario == "sigint":
+        append(run, 0, args.messages)
+        time.sleep(600)
+    elif args.scenario == "return":
+        append(run, 0, args.messages)
+    elif args.scenario == "sys.exit":
+        append(run, 0, args.messages)
+        sys.exit(2)
+    elif args.scenario == "abandon":
+        KEPT.clear()
+        append(run, 0, args.messages)
+        del run
+        time.sleep(0.1)
     elif args.scenario == "finished":
         with run:
             append(run, 0, args.messages)

@@ -208,7 +208,7 @@ def assert_rebuilt(
     *,
     complete: bool,
     error_type: str | None,
-    message: str | None = None,
+    status: str | None = None,
 ) -> None:
     for where, spans in found.items():
         trace = reconstruct_trace(spans, trace_id=child.trace_id)
@@ -222,7 +222,7 @@ def assert_rebuilt(
             continue
         payload = reconstruct_error(spans, child.trace_id)
         assert (payload.error_type, payload.trace, payload.trace_complete) == (error_type, trace, complete), where
-        assert message is None or payload.message == message, where
+        assert status is None or payload.message == status, where
 
 
 # --- issue 8's table ------------------------------------------------------------------------------
@@ -234,7 +234,7 @@ def test_sigterm_during_the_run(sink: Sink, start: Callable[..., Child]) -> None
     print(f"\n[{sink.name}] SIGTERM: process gone {time.monotonic() - sent:.2f} s after the signal")
     found = read_back(sink, child, MESSAGES, ended=True)
     stopped = "The process was stopped by SIGTERM while the run was in progress."
-    assert_rebuilt(found, child, MESSAGES, complete=True, error_type="ProcessTerminatedError", message=stopped)
+    assert_rebuilt(found, child, MESSAGES, complete=True, error_type="ProcessTerminatedError", status=stopped)
 
 
 def test_hand_driven_run_with_an_uncaught_exception(sink: Sink, start: Callable[..., Child]) -> None:
@@ -243,7 +243,38 @@ def test_hand_driven_run_with_an_uncaught_exception(sink: Sink, start: Callable[
     assert "ValueError: the tool returned garbage" in child.stderr()  # the app's own traceback, unchanged
     found = read_back(sink, child, MESSAGES, ended=True)
     exited = "The process exited while the run was in progress: the tool returned garbage"
-    assert_rebuilt(found, child, MESSAGES, complete=True, error_type="ValueError", message=exited)
+    assert_rebuilt(found, child, MESSAGES, complete=True, error_type="ValueError", status=exited)
+
+
+EXITED = "The process exited while the run was in progress."
+ABANDONED = "The run was abandoned: it was dropped before it ended."
+
+
+@pytest.mark.parametrize(
+    ("scenario", "code", "error_type", "status"),
+    [
+        ("return", 0, "ProcessExitedError", EXITED),
+        ("sys.exit", 2, "ProcessExitedError", EXITED),
+        ("abandon", 0, "RunAbandonedError", ABANDONED),
+    ],
+)
+def test_interpreter_exit_with_a_hand_driven_run_open(
+    sink: Sink, start: Callable[..., Child], scenario: str, code: int, error_type: str, status: str
+) -> None:
+    child = start(scenario, "--messages", str(MESSAGES))
+    assert child.wait() == code
+    found = read_back(sink, child, MESSAGES, ended=True)
+    assert_rebuilt(found, child, MESSAGES, complete=True, error_type=error_type, status=status)
+
+
+def test_ctrl_c_during_a_hand_driven_run_is_a_cancellation(sink: Sink, start: Callable[..., Child]) -> None:
+    child = start("sigint", "--messages", str(MESSAGES))
+    child.expect("batch")
+    child.signal(signal.SIGINT)
+    assert child.wait() == -signal.SIGINT  # Python still ends by SIGINT after an unhandled KeyboardInterrupt
+    found = read_back(sink, child, MESSAGES, ended=True)
+    cancelled = "The run was cancelled."
+    assert_rebuilt(found, child, MESSAGES, complete=True, error_type="KeyboardInterrupt", status=cancelled)
 
 
 def test_run_finished_normally_then_sigterm(sink: Sink, start: Callable[..., Child]) -> None:
@@ -299,7 +330,7 @@ def test_a_hung_run_is_readable_while_it_is_stuck(
         assert child.proc.poll() is None  # still stuck, not dead
         found = read_back(sink, child, count, ended=False)
         not_ended = "The run did not end: the process died or the run is still going."
-        assert_rebuilt(found, child, count, complete=False, error_type="RunNotEndedError", message=not_ended)
+        assert_rebuilt(found, child, count, complete=False, error_type="RunNotEndedError", status=not_ended)
         printed = kiln_otel_cli(sink, child, pipeline)
         assert (printed["error_type"], printed["trace"], printed["trace_complete"]) == (
             "RunNotEndedError",

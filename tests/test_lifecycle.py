@@ -5,6 +5,7 @@ The real endings (a process that exits, gets SIGTERM or SIGKILL) are in test_cra
 
 from __future__ import annotations
 
+import gc
 import signal
 import threading
 import time
@@ -140,11 +141,12 @@ def test_at_exit_an_uncaught_exception_is_what_ended_the_run(
 
 def test_an_ended_run_is_no_longer_open(tracing: Tracing) -> None:
     run = traced_run("short", tracer_provider=tracing.provider)
-    key = run._open_key
-    assert key is not None
-    assert lifecycle._open.get(key) is run
+    tracking = run._tracking
+    assert tracking is not None
+    assert lifecycle._open.get(tracking.key) is run
     run.end()
-    assert key not in lifecycle._open
+    assert tracking.key not in lifecycle._open
+    assert not tracking.dropped.alive
 
 
 def test_ending_an_open_run_does_not_wait_forever_for_a_stuck_lock(tracing: Tracing) -> None:
@@ -161,11 +163,39 @@ def test_ending_an_open_run_does_not_wait_forever_for_a_stuck_lock(tracing: Trac
     assert reconstruct_error(tracing.spans()).trace == [{"role": "user", "content": "x"}]
 
 
-def test_a_dropped_run_still_gets_its_pending_messages_out_at_exit(tracing: Tracing) -> None:
-    run = traced_run("dropped", tracer_provider=tracing.provider, live_export_delay=3600)
-    run.messages.append({"role": "user", "content": "x"})
-    run._finish = lambda *args: None  # type: ignore[method-assign]  # nobody will end it
-    lifecycle.forget(run._open_key or 0)
+def drop_a_run(tracing: Tracing, name: str) -> str:
+    """A hand-driven run whose code lost it before ending it (a CancelledError past ``except Exception``)."""
+    run = traced_run(name, tracer_provider=tracing.provider, live_export_delay=3600)
+    run.messages.append({"role": "user", "content": name})
+    span_id = str(run.span_id)
+    del run
+    gc.collect()
+    return span_id
+
+
+def test_a_dropped_run_is_ended_as_abandoned_when_the_next_run_starts(tracing: Tracing) -> None:
+    span_id = drop_a_run(tracing, "dropped")
+    assert tracing.spans() == ()  # nothing holds the run any more, and nothing has ended it yet
+    traced_run("next", tracer_provider=tracing.provider).end()
+    payload = reconstruct_error(tracing.spans(), span_id=span_id)
+    assert payload.error_type == "RunAbandonedError"
+    assert payload.message == "The run was abandoned: it was dropped before it ended."
+    assert (payload.trace, payload.trace_complete) == ([{"role": "user", "content": "dropped"}], True)
+
+
+def test_a_dropped_run_is_ended_at_exit(tracing: Tracing) -> None:
+    span_id = drop_a_run(tracing, "dropped at exit")
     lifecycle.end_open_runs(lifecycle._exit_ending(None), bound=5)
-    payload = reconstruct_error(tracing.spans())
-    assert (payload.error_type, payload.trace) == ("RunNotEndedError", [{"role": "user", "content": "x"}])
+    payload = reconstruct_error(tracing.spans(), span_id=span_id)
+    assert (payload.error_type, payload.trace) == (
+        "RunAbandonedError",
+        [{"role": "user", "content": "dropped at exit"}],
+    )
+
+
+def test_a_run_that_ended_is_not_abandoned_when_collected(tracing: Tracing) -> None:
+    run = traced_run("ended", tracer_provider=tracing.provider)
+    run.end()
+    del run
+    gc.collect()
+    assert not lifecycle._dropped

@@ -239,4 +239,4 @@ def test_no_provider_keeps_the_no_op_path() -> None:
     run = traced_run("nothing")
     run.messages.append({"role": "user", "content": "x"})
     assert run._recorder is None
-    assert run._open_key is None
+    assert run._tracking is None
