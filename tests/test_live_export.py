@@ -6,6 +6,7 @@ in-memory exporter shows what a backend would receive, span by span, while the r
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -240,3 +241,24 @@ def test_no_provider_keeps_the_no_op_path() -> None:
     run.messages.append({"role": "user", "content": "x"})
     assert run._recorder is None
     assert run._tracking is None
+
+
+def test_spans_per_run_stay_bounded(tracing: Tracing) -> None:
+    with traced_run("ten thousand", tracer_provider=tracing.provider) as run:
+        for message in conversation(10_000):
+            run.messages.append(message)
+    assert len(tracing.spans()) == 90  # 89 full segments of 112 events, the last 32 on the run span
+
+
+def test_segments_written_by_age_are_at_least_a_delay_apart(tracing: Tracing) -> None:
+    """A run whose turns are slower than the delay gets about one segment per turn, never more."""
+    delay = 0.05
+    run = traced_run("slow turns", tracer_provider=tracing.provider, live_export_delay=delay)
+    for _ in range(10):
+        run.messages.extend(conversation(3))
+        time.sleep(delay * 1.6)
+    run.end()
+    starts = sorted(s.start_time or 0 for s in segments(tracing))
+    assert 1 <= len(starts) <= 10
+    assert all(later - earlier >= delay * 1e9 for earlier, later in itertools.pairwise(starts))
+    assert reconstruct_trace(tracing.spans()) == conversation(3) * 10
