@@ -201,7 +201,7 @@ def _exit_ending(uncaught: BaseException | None) -> Ending:
         if uncaught is None:
             error = ProcessExitedError()
             return error, str(error)
-        return uncaught, run.exit_message(uncaught)
+        return uncaught, run._exit_message(uncaught)
 
     return ending
 

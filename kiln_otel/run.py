@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind, TracerProvider
+from opentelemetry.trace import Span, SpanKind, Tracer, TracerProvider
 from opentelemetry.util.types import AttributeValue
 
 from kiln_otel import lifecycle, wire
@@ -124,10 +124,7 @@ class TracedRun:
         self._ended = False
         self._tracking: lifecycle.Tracking | None = None
         if self.span.is_recording():
-            identity = self._identity(name, conversation_id)
-            self._recorder = Recorder(self.span, tracer, self.settings, identity)
-            self.messages._attach(self._recorder)
-            self._tracking = lifecycle.track(self, self._provider, (self.span, self._recorder, self.messages))
+            self._start_recording(tracer, name, conversation_id)
         self.messages.extend(messages)
         self._otel_token: object | None = None
         self._run_token: Token[TracedRun | None] | None = None
@@ -151,6 +148,17 @@ class TracedRun:
         attributes.update({key: value for key, value in optional.items() if value})
         attributes.update(extra or {})
         return attributes
+
+    def _start_recording(self, tracer: Tracer, name: str | None, conversation_id: str | None) -> None:
+        """Attach a recorder to the list and register the open run; on failure the list just records nothing."""
+        try:
+            recorder = Recorder(self.span, tracer, self.settings, self._identity(name, conversation_id))
+            self._tracking = lifecycle.track(self, self._provider, (self.span, recorder, self.messages))
+        except Exception as exc:
+            report_internal_error("TracedRun recording setup", exc)
+            return
+        self._recorder = recorder
+        self.messages._attach(recorder)
 
     def _identity(self, name: str | None, conversation_id: str | None) -> dict[str, AttributeValue]:
         """What every segment span repeats, so a run whose own span never ended can be rebuilt."""
@@ -188,7 +196,7 @@ class TracedRun:
         twice, and this run's span records which run it came from. Cancellation
         (``asyncio.CancelledError``, ``KeyboardInterrupt``) is recorded as "The run was cancelled."
         """
-        message = self.failure_message(exc)
+        message = self._failure_message(exc)
         self._finish(exc, message, None)
         if isinstance(exc, KilnRunError):
             return exc
@@ -196,7 +204,7 @@ class TracedRun:
         error.redact = self.settings.redact
         return error
 
-    def failure_message(self, exc: BaseException) -> str:
+    def _failure_message(self, exc: BaseException) -> str:
         """The user-facing message `fail` gives ``exc``: the span's status and the payload's message."""
         if is_cancellation(exc):
             return CANCELLED_MESSAGE
@@ -206,9 +214,9 @@ class TracedRun:
             return str(exc)
         return format_error_message(exc, redact=self.settings.redact)
 
-    def exit_message(self, uncaught: BaseException) -> str:
+    def _exit_message(self, uncaught: BaseException) -> str:
         """The message of a run still open when ``uncaught`` ended the process."""
-        message = self.failure_message(uncaught)
+        message = self._failure_message(uncaught)
         if is_cancellation(uncaught) or isinstance(uncaught, SystemExit):
             return message
         return f"{ProcessExitedError.default_message.rstrip('.')}: {message}"
@@ -223,11 +231,11 @@ class TracedRun:
             if self._ended:
                 return
             self._ended = True
-        if self._tracking is not None:
-            lifecycle.forget(self._tracking)
         if exc is not None:
             self._record_error(exc, message)
         try:
+            if self._tracking is not None:
+                lifecycle.forget(self._tracking)
             _close(self.span, self._recorder, self.messages, lock_timeout)
         except Exception as internal:
             report_internal_error("TracedRun.end", internal)
