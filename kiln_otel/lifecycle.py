@@ -154,6 +154,10 @@ def _forget_everything_in_child() -> None:
     """A forked child's copies of open runs are the parent's: ending them here would send them twice."""
     global _lock, _stopping
     _lock = threading.Lock()
+    for run in list(_open.values()):
+        tracking = run._tracking
+        if tracking is not None:
+            tracking.dropped.detach()
     _open.clear()
     _dropped.clear()
     _stopping = False

@@ -6,6 +6,7 @@ in-memory exporter shows what a backend would receive, span by span, while the r
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 import subprocess
@@ -215,12 +216,15 @@ def test_a_forked_child_neither_repeats_the_parents_messages_nor_loses_its_own(t
         try:
             time.sleep(0.6)
             inherited = len(segments(tracing))
+            del parent_run  # the child's copy, dropped: the parent's run is not the child's to end
+            gc.collect()
             child_run = traced_run("child", tracer_provider=tracing.provider, live_export_delay=0.05)
             child_run.messages.append({"role": "user", "content": "from the child"})
             deadline = time.monotonic() + WAIT
             while len(segments(tracing)) == inherited and time.monotonic() < deadline:
                 time.sleep(0.01)
-            os.write(write_end, f"{inherited} {len(segments(tracing))}".encode())
+            ended_here = [s.name for s in tracing.spans() if s.name == "invoke_agent parent"]
+            os.write(write_end, f"{inherited} {len(segments(tracing))} {len(ended_here)}".encode())
             code = 0
         finally:
             os._exit(code)
@@ -229,7 +233,7 @@ def test_a_forked_child_neither_repeats_the_parents_messages_nor_loses_its_own(t
     with os.fdopen(read_end) as pipe:
         report = pipe.read()
     assert os.waitstatus_to_exitcode(status) == 0
-    assert report == "0 1"  # the parent's pending message was not written in the child; its own was
+    assert report == "0 1 0"  # the parent's run was neither written nor ended in the child; its own was
     wait_for("the parent's segment", lambda: segments(tracing))
     assert [s.attributes["kiln_otel.run.name"] for s in segments(tracing) if s.attributes] == ["parent"]
     parent_run.end()
