@@ -14,7 +14,7 @@ When the run ends, what is still buffered goes onto the run span itself: a run s
 is one span with every message, and a long run's last messages sit next to its exception.
 
 The SDK keeps at most ``max_events`` events per span and drops the OLDEST (the system prompt first), so
-no span gets more than that minus room for the exception. Every event carries a run-wide sequence
+no span gets more than that, and the run span keeps room for the exception. Every event carries a run-wide sequence
 number, so a reader replays them in order across spans and notices any that went missing; each
 segment carries the run's identity, so a run whose own span never ended can still be rebuilt.
 """
@@ -111,7 +111,8 @@ class Recorder:
         self._run_context = trace.set_span_in_context(run_span)
         self._tracer = tracer
         self._identity = dict(identity)
-        self._capacity = max(_max_events(run_span) - RUN_SPAN_RESERVED_EVENTS, 1)
+        self._capacity = max(_max_events(run_span), 1)
+        self._run_span_capacity = max(self._capacity - RUN_SPAN_RESERVED_EVENTS, 1)
         self._delay = settings.live_export_delay
         self._buffer: list[_Buffered] = []
         self._bytes_left = settings.max_span_bytes
@@ -231,6 +232,8 @@ class Recorder:
         """Put what is still buffered on the run span and write the totals a reader checks against."""
         try:
             self._closed = True
+            if len(self._buffer) > self._run_span_capacity:  # leave room for the exception
+                self._write_segment()
             if self._buffer:
                 events, self._buffer = self._buffer, []
                 _write_events(self._run_span, events)

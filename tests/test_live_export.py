@@ -21,7 +21,7 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 
-from kiln_otel import _flusher, reconstruct_error, reconstruct_trace, traced_run, wire
+from kiln_otel import KilnRunError, _flusher, reconstruct_error, reconstruct_trace, traced_run, wire
 from kiln_otel.reconstruct import NOT_ENDED_ISSUE
 from tests.conftest import Tracing
 from tests.test_limits import conversation
@@ -121,10 +121,20 @@ def test_full_spans_are_written_at_once_without_waiting(tracing: Tracing) -> Non
     run = traced_run("long", tracer_provider=tracing.provider, live_export_delay=3600)
     run.messages.extend(messages)
     written = segments(tracing)
-    assert [len(s.events) for s in written] == [112, 112]  # 128 per span, 16 kept for the exception
+    assert [len(s.events) for s in written] == [128, 128]  # the SDK's limit per span
     run.end()
-    assert len(tracing.span("invoke_agent long").events) == 300 - 224
+    assert len(tracing.span("invoke_agent long").events) == 300 - 256
     assert reconstruct_trace(tracing.spans()) == messages
+
+
+def test_the_run_span_keeps_room_for_the_exception(tracing: Tracing) -> None:
+    messages = conversation(120)  # more than 128 - 16: they go to a segment, the run span keeps room
+    with pytest.raises(KilnRunError), traced_run("full", tracer_provider=tracing.provider) as run:
+        run.messages.extend(messages)
+        raise ValueError("after 120 messages")
+    assert [len(s.events) for s in segments(tracing)] == [120]
+    assert [e.name for e in tracing.span("invoke_agent full").events] == ["exception"]
+    assert reconstruct_error(tracing.spans()).trace == messages
 
 
 def test_the_flusher_is_asked_once_per_flush_window(tracing: Tracing, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -251,7 +261,7 @@ def test_spans_per_run_stay_bounded(tracing: Tracing) -> None:
     with traced_run("ten thousand", tracer_provider=tracing.provider) as run:
         for message in conversation(10_000):
             run.messages.append(message)
-    assert len(tracing.spans()) == 90  # 89 full segments of 112 events, the last 32 on the run span
+    assert len(tracing.spans()) == 79  # 78 full segments of 128 events, the last 16 on the run span
 
 
 def test_segments_written_by_age_are_at_least_a_delay_apart(tracing: Tracing) -> None:
