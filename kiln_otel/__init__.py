@@ -5,6 +5,7 @@ Public surface (everything else is private and may change)::
     traced_run / TracedRun      start a run span whose .messages list records itself
     TracedMessages              the recording list (a real list)
     KilnRunError, ErrorWithTrace, format_error_message
+    RunInterruptedError and subclasses   how a run ended that its code never ended (exit, SIGTERM, SIGKILL)
     reconstruct_trace, reconstruct_error   rebuild from exported telemetry alone
     Redactor                    the default secret-masking hook, extensible
 """
@@ -16,7 +17,12 @@ from kiln_otel.errors import (
     KilnRunError,
     MalformedTelemetryError,
     NotKilnTelemetryError,
+    ProcessExitedError,
+    ProcessTerminatedError,
     ReconstructionError,
+    RunAbandonedError,
+    RunInterruptedError,
+    RunNotEndedError,
     TraceNotFoundError,
 )
 from kiln_otel.messages import TracedMessages
@@ -33,9 +39,14 @@ __all__ = [
     "KilnRunError",
     "MalformedTelemetryError",
     "NotKilnTelemetryError",
+    "ProcessExitedError",
+    "ProcessTerminatedError",
     "ReconstructedTrace",
     "ReconstructionError",
     "Redactor",
+    "RunAbandonedError",
+    "RunInterruptedError",
+    "RunNotEndedError",
     "TraceNotFoundError",
     "TracedMessages",
     "TracedRun",

@@ -6,16 +6,21 @@ Every environment variable is a documented constant here; a value that does not 
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from kiln_otel._guard import logger
 from kiln_otel.redaction import RedactHook, RedactSetting, resolve_redactor
 
 __all__ = [
+    "DEFAULT_LIVE_EXPORT_DELAY_SECONDS",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "DEFAULT_MAX_SPAN_BYTES",
     "ENV_CAPTURE_CONTENT",
+    "ENV_LIVE_EXPORT_DELAY",
     "ENV_MAX_MESSAGE_BYTES",
     "ENV_MAX_SPAN_BYTES",
     "Settings",
@@ -26,12 +31,17 @@ ENV_CAPTURE_CONTENT = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 """The GenAI instrumentations' switch. Unlike them kiln-otel defaults to capturing: content is its purpose."""
 ENV_MAX_MESSAGE_BYTES = "KILN_OTEL_MAX_MESSAGE_BYTES"
 ENV_MAX_SPAN_BYTES = "KILN_OTEL_MAX_SPAN_BYTES"
+ENV_LIVE_EXPORT_DELAY = "KILN_OTEL_LIVE_EXPORT_DELAY"
+"""Seconds a recorded message may wait before it is on an ended (exportable) span."""
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024
 """Above this a message's JSON is cut (kept valid, marked): one tool result cannot flood a span."""
 DEFAULT_MAX_SPAN_BYTES = 512 * 1024
 """Message bytes per span before a new segment span opens: keeps each span far below OTLP/gRPC's 4 MiB."""
 MIN_BUDGET_BYTES = 1024
+DEFAULT_LIVE_EXPORT_DELAY_SECONDS = 1.0
+"""Short enough that a killed or hung run loses at most about a second of its conversation, long
+enough that a run finishing within it (a 10-turn run against a fast model) stays one span."""
 
 _CAPTURE_VALUES = {
     "true": True,
@@ -43,6 +53,7 @@ _CAPTURE_VALUES = {
 }
 
 _warned: set[str] = set()
+_Number = TypeVar("_Number", int, float)
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,7 @@ class Settings:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_span_bytes: int = DEFAULT_MAX_SPAN_BYTES
     redact: RedactHook | None = None
+    live_export_delay: float = DEFAULT_LIVE_EXPORT_DELAY_SECONDS
 
 
 def _warn_once(name: str, value: str, default: object) -> None:
@@ -70,18 +82,30 @@ def _capture_from_env() -> bool:
     return value
 
 
-def _bytes_from_env(name: str, default: int) -> int:
+def _number_from_env(
+    name: str, default: _Number, parse: Callable[[str], _Number], valid: Callable[[_Number], bool]
+) -> _Number:
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = int(raw)
+        value = parse(raw)
     except ValueError:
-        value = -1
-    if value < MIN_BUDGET_BYTES:
+        value = None
+    if value is None or not valid(value):
         _warn_once(name, raw, default)
         return default
     return value
+
+
+def _bytes_from_env(name: str, default: int) -> int:
+    return _number_from_env(name, default, int, lambda value: value >= MIN_BUDGET_BYTES)
+
+
+def _delay_from_env() -> float:
+    return _number_from_env(
+        ENV_LIVE_EXPORT_DELAY, DEFAULT_LIVE_EXPORT_DELAY_SECONDS, float, lambda value: 0 <= value < math.inf
+    )
 
 
 def resolve_settings(
@@ -90,11 +114,14 @@ def resolve_settings(
     max_message_bytes: int | None = None,
     max_span_bytes: int | None = None,
     redact: RedactSetting = "default",
+    live_export_delay: float | None = None,
 ) -> Settings:
     """The one place precedence is decided, so every entry point (run, litellm, CLI) agrees."""
     for name, budget in (("max_message_bytes", max_message_bytes), ("max_span_bytes", max_span_bytes)):
         if budget is not None and budget < MIN_BUDGET_BYTES:
             raise ValueError(f"{name} must be at least {MIN_BUDGET_BYTES} bytes, got {budget}")
+    if live_export_delay is not None and not 0 <= live_export_delay < math.inf:
+        raise ValueError(f"live_export_delay must be a finite number of seconds >= 0, got {live_export_delay}")
     message_bytes = max_message_bytes or _bytes_from_env(ENV_MAX_MESSAGE_BYTES, DEFAULT_MAX_MESSAGE_BYTES)
     span_bytes = max_span_bytes or _bytes_from_env(ENV_MAX_SPAN_BYTES, DEFAULT_MAX_SPAN_BYTES)
     return Settings(
@@ -102,4 +129,5 @@ def resolve_settings(
         max_message_bytes=message_bytes,
         max_span_bytes=max(span_bytes, message_bytes),
         redact=resolve_redactor(redact),
+        live_export_delay=_delay_from_env() if live_export_delay is None else float(live_export_delay),
     )

@@ -12,6 +12,11 @@ neither set                                  OTLP JSON lines in a file: ``traces
                                              ``KILN_OTEL_TRACES_FILE`` > ``default_file``; none: nowhere
 ===========================================  ==============================================================
 
+It is also where an app says "this process is mine": it handles SIGTERM (and SIGINT when that is
+still the OS default) so a container stop ends the open runs and exports them before the process goes
+(`kiln_otel.lifecycle`), and it exports ended spans within `DEFAULT_SCHEDULE_DELAY_MILLIS` rather than
+the SDK's 5 s, since that delay is part of what a SIGKILLed process loses.
+
 Exit is bounded. The SDK's batch processor joins its worker for up to 30 s at shutdown, then exports
 what is queued one batch at a time, each with a fresh exporter timeout, and its ``force_flush`` has no
 bound at all: an unreachable collector could hold a finishing process for minutes. Here
@@ -24,20 +29,21 @@ then is dropped. Losing telemetry beats hanging an app.
 from __future__ import annotations
 
 import os
-import threading
-from collections.abc import Callable
 from pathlib import Path
 
 from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
+from kiln_otel import lifecycle
 from kiln_otel._guard import logger
 from kiln_otel.config import _warn_once
 from kiln_otel.exporters import OtlpJsonFileExporter
+from kiln_otel.lifecycle import run_within
 
 __all__ = [
     "DEFAULT_EXPORT_TIMEOUT_SECONDS",
+    "DEFAULT_SCHEDULE_DELAY_MILLIS",
     "ENV_TRACES_FILE",
     "SHUTDOWN_SLACK_SECONDS",
     "BoundedBatchSpanProcessor",
@@ -54,9 +60,13 @@ ENV_PROTOCOL = "OTEL_EXPORTER_OTLP_PROTOCOL"
 ENV_TRACES_PROTOCOL = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
 ENV_TIMEOUT = "OTEL_EXPORTER_OTLP_TIMEOUT"
 ENV_TRACES_TIMEOUT = "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"
+ENV_SCHEDULE_DELAY = "OTEL_BSP_SCHEDULE_DELAY"
 
 DEFAULT_EXPORT_TIMEOUT_SECONDS = 10.0
 """The SDK's own default, so an app moving to `configure_tracing` keeps its behaviour."""
+DEFAULT_SCHEDULE_DELAY_MILLIS = 500
+"""How long an ended span may wait in the batch queue (``OTEL_BSP_SCHEDULE_DELAY`` wins; the SDK's own
+default is 5000). With the live-export delay it bounds what SIGKILL loses: 1 s + 0.5 s + one export."""
 SHUTDOWN_SLACK_SECONDS = 0.5
 """What `BoundedBatchSpanProcessor` may add to the export timeout: aborting an export is not instant."""
 _SUSPICIOUS_TIMEOUT_SECONDS = 300.0
@@ -71,6 +81,7 @@ def configure_tracing(
     service_name: str = "kiln-otel",
     default_file: Path | None = None,
     traces_file: Path | None = None,
+    handle_signals: bool = True,
 ) -> tuple[TracerProvider, str]:
     """A new TracerProvider exporting where the environment says, and a sentence saying where.
 
@@ -79,12 +90,28 @@ def configure_tracing(
     when the deployment sets one, else ``service_name``. ``traces_file`` is an explicit file for the
     embedded default (it beats ``KILN_OTEL_TRACES_FILE``, which beats ``default_file``); an OTLP
     endpoint in the environment still takes precedence over any file.
+
+    ``handle_signals``: on SIGTERM (and SIGINT, if its handler is still the OS default) end the open
+    runs as failed, flush, then let the signal end the process as it would have. Installed only from
+    the main thread and only where no handler is set: an app's own handler is never replaced.
     """
     provider = TracerProvider(resource=_resource(service_name))
     exporter, where = _exporter(default_file, traces_file)
     if exporter is not None:
-        provider.add_span_processor(BoundedBatchSpanProcessor(exporter, bound_seconds=export_timeout()))
+        provider.add_span_processor(
+            BoundedBatchSpanProcessor(
+                exporter, bound_seconds=export_timeout(), schedule_delay_millis=_schedule_delay_millis()
+            )
+        )
+    lifecycle.add_provider(provider)  # after the provider: its exit hook must run before the SDK's
+    if handle_signals:
+        lifecycle.install_signal_handlers()
     return provider, where
+
+
+def _schedule_delay_millis() -> float | None:
+    """None lets the SDK read ``OTEL_BSP_SCHEDULE_DELAY`` (and warn about a bad value) itself."""
+    return None if os.environ.get(ENV_SCHEDULE_DELAY, "").strip() else DEFAULT_SCHEDULE_DELAY_MILLIS
 
 
 def export_timeout() -> float:
@@ -187,8 +214,10 @@ class BoundedBatchSpanProcessor(BatchSpanProcessor):
     does not wait a second time: flush then shutdown, the usual way out, waits one bound in all.
     """
 
-    def __init__(self, exporter: SpanExporter, *, bound_seconds: float) -> None:
-        super().__init__(exporter)
+    def __init__(
+        self, exporter: SpanExporter, *, bound_seconds: float, schedule_delay_millis: float | None = None
+    ) -> None:
+        super().__init__(exporter, schedule_delay_millis=schedule_delay_millis)
         self.bound_seconds = bound_seconds
         self._stalled = False
         self._closed = False
@@ -196,7 +225,7 @@ class BoundedBatchSpanProcessor(BatchSpanProcessor):
     def force_flush(self, timeout_millis: int | None = None) -> bool:
         bound = self.bound_seconds if timeout_millis is None else min(self.bound_seconds, timeout_millis / 1000)
         flush, flushed = super().force_flush, []
-        if not _within(lambda: flushed.append(flush()), 0.0 if self._stalled else bound):
+        if not run_within(lambda: flushed.append(flush()), 0.0 if self._stalled else bound):
             self._stalled = True
             return False
         return all(flushed)
@@ -205,24 +234,9 @@ class BoundedBatchSpanProcessor(BatchSpanProcessor):
         if self._closed:
             return
         self._closed = True
-        if not _within(super().shutdown, 0.0 if self._stalled else self.bound_seconds):
+        if not run_within(super().shutdown, 0.0 if self._stalled else self.bound_seconds):
             logger.warning(
                 "kiln-otel: span export did not finish within %.1f s; dropping the spans not yet sent",
                 self.bound_seconds,
             )
             self.span_exporter.shutdown()
-
-
-def _within(work: Callable[[], object], seconds: float) -> bool:
-    """Run ``work`` in a daemon thread and wait at most ``seconds``; True if it finished."""
-
-    def run() -> None:
-        try:
-            work()
-        except Exception as exc:
-            logger.warning("kiln-otel: span export failed: %r", exc)
-
-    thread = threading.Thread(target=run, name="kiln-otel-export-bound", daemon=True)
-    thread.start()
-    thread.join(seconds)
-    return not thread.is_alive()

@@ -3,12 +3,17 @@
 The replay trusts nothing it can check: every list event has a run-wide sequence number and the run
 span states how many events, segments and messages there were, so a lost span, an event the SDK
 dropped or a truncated message makes the result say it is incomplete instead of passing for whole.
+
+A run whose own span never reached the telemetry (SIGKILL, ``os._exit``, a hang, a run still going)
+is rebuilt from its segment spans, which repeat its identity: the messages so far, marked incomplete,
+with a `RunNotEndedError` payload.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from kiln_otel import wire
@@ -17,6 +22,7 @@ from kiln_otel.errors import (
     AmbiguousTraceError,
     NotKilnTelemetryError,
     ReconstructionError,
+    RunNotEndedError,
     TraceNotFoundError,
 )
 from kiln_otel.payload import ErrorWithTrace
@@ -66,6 +72,71 @@ def _is_run(span: SpanRecord) -> bool:
     return wire.ATTR_SCHEMA_VERSION in span.attributes
 
 
+def _is_segment(span: SpanRecord) -> bool:
+    return wire.ATTR_SEGMENT_INDEX in span.attributes
+
+
+NOT_ENDED_ISSUE = "the run did not end: the process died or the run is still going"
+
+
+@dataclass(frozen=True)
+class UnendedRun(SpanRecord):
+    """A run whose span is not in the telemetry, pieced together from what its segments repeat."""
+
+
+def _optional_int(value: object) -> int | None:
+    try:
+        return _int(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def _unended_run(trace_id: str, span_id: str, segments: Sequence[SpanRecord]) -> UnendedRun:
+    """The run as its last segment describes it. That segment's totals stand in for the run's, so a
+    segment or an event lost before it still shows (what the run held after it is `NOT_ENDED_ISSUE`);
+    each is bounded by the events the segment really carries, so no attribute can inflate them."""
+    last = max(segments, key=lambda s: _optional_int(s.attributes.get(wire.ATTR_SEGMENT_INDEX)) or 0)
+    attributes: dict[str, Any] = {
+        wire.ATTR_SCHEMA_VERSION: wire.SCHEMA_VERSION,
+        wire.ATTR_ERROR_TYPE: f"{RunNotEndedError.__module__}.{RunNotEndedError.__qualname__}",
+    }
+    name = last.attributes.get(wire.ATTR_RUN_NAME)
+    name = name if isinstance(name, str) and name else None
+    if name:
+        attributes[wire.ATTR_GEN_AI_AGENT_NAME] = name
+    seqs = [_optional_int(e.attributes.get(wire.ATTR_EVENT_SEQ)) for e in last.events]
+    ops = max((seq + 1 for seq in seqs if seq is not None), default=None)
+    if ops is not None:
+        # Each segment holds at least one event and each event grows the list by at most one.
+        totals = {
+            wire.ATTR_MESSAGES_OPS: ops,
+            wire.ATTR_MESSAGES_COUNT: _optional_int(last.attributes.get(wire.ATTR_MESSAGES_COUNT)),
+            wire.ATTR_SEGMENTS: _optional_int(last.attributes.get(wire.ATTR_SEGMENT_INDEX)),
+        }
+        attributes.update({key: n for key, n in totals.items() if n is not None and 0 <= n <= ops})
+    parent = last.attributes.get(wire.ATTR_RUN_PARENT_SPAN_ID)
+    return UnendedRun(
+        trace_id=trace_id,
+        span_id=span_id,
+        parent_span_id=parent if isinstance(parent, str) and parent else None,
+        name=wire.run_span_name(name),
+        start_time_unix_nano=min(s.start_time_unix_nano for s in segments),
+        attributes=attributes,
+        status_code="ERROR",
+        status_message=RunNotEndedError.default_message,
+    )
+
+
+def _unended_runs(spans: Sequence[SpanRecord]) -> list[SpanRecord]:
+    """One run per span id that segments name as their parent but that is not among the spans."""
+    present = {(s.trace_id, s.span_id) for s in spans}
+    orphans: dict[tuple[str, str], list[SpanRecord]] = {}
+    for span in spans:
+        if _is_segment(span) and span.parent_span_id and (span.trace_id, span.parent_span_id) not in present:
+            orphans.setdefault((span.trace_id, span.parent_span_id), []).append(span)
+    return [_unended_run(trace_id, span_id, segments) for (trace_id, span_id), segments in orphans.items()]
+
+
 def _outermost(runs: list[SpanRecord], by_id: Mapping[str, SpanRecord]) -> list[SpanRecord]:
     """Runs with no run among their ancestors: a sub-agent's run is part of its parent's story."""
     run_ids = {run.span_id for run in runs}
@@ -80,15 +151,43 @@ def _outermost(runs: list[SpanRecord], by_id: Mapping[str, SpanRecord]) -> list[
     return result
 
 
+def _surfaced(run: SpanRecord, runs: Mapping[str, SpanRecord]) -> SpanRecord:
+    """The run whose error the app got: a nested run's `KilnRunError` passes through its parents
+    unchanged, and each parent names it (`wire.ATTR_ERROR_SPAN_ID`)."""
+    seen = {run.span_id}
+    while run.status_code == "ERROR":
+        source = run.attributes.get(wire.ATTR_ERROR_SPAN_ID)
+        if not isinstance(source, str) or source in seen or source not in runs:
+            break
+        seen.add(source)
+        run = runs[source]
+    return run
+
+
+def _describe(run: SpanRecord) -> str:
+    if run.status_code != "ERROR":
+        return f"{run.span_id} ({run.name}, did not fail)"
+    message = run.status_message if len(run.status_message) <= 80 else run.status_message[:79] + "…"
+    return f"{run.span_id} ({run.name}, failed: {_error_type(run)}: {message})"
+
+
 def find_run(spans: Sequence[SpanRecord], trace_id: str | None = None, span_id: str | None = None) -> SpanRecord:
-    """The one run span the caller means, or an error that says how to be more specific."""
+    """The one run span the caller means, or an error that says how to be more specific.
+
+    Without ``span_id``: the trace's outermost run (a sub-agent's run is part of its parent's story),
+    except that a run which failed because a nested run's error passed through it stands for that
+    nested run, as the app got that one's error. Several outermost runs: the one that failed, if only
+    one did; otherwise `AmbiguousTraceError` lists them. A run whose span never ended (SIGKILL, a hang)
+    is found through its segments (an `UnendedRun`).
+    """
     if not spans:
         raise TraceNotFoundError("the telemetry holds no spans at all")
     if trace_id is not None:
         spans = [s for s in spans if s.trace_id == trace_id]
         if not spans:
             raise TraceNotFoundError(f"no span with trace id {trace_id} in the telemetry")
-    runs = [s for s in spans if _is_run(s) and (span_id is None or s.span_id == span_id)]
+    every_run = [s for s in spans if _is_run(s)] + _unended_runs(spans)
+    runs = [run for run in every_run if span_id is None or run.span_id == span_id]
     if not runs:
         where = f"trace {trace_id}" if trace_id else "the telemetry"
         if span_id is not None:
@@ -100,19 +199,24 @@ def find_run(spans: Sequence[SpanRecord], trace_id: str | None = None, span_id: 
     traces = sorted({run.trace_id for run in runs})
     if len(traces) > 1:
         raise AmbiguousTraceError(f"runs from {len(traces)} traces ({', '.join(traces[:10])}): pass trace_id")
-    candidates = _outermost(runs, {s.span_id: s for s in spans})
-    if len(candidates) > 1:
-        ids = ", ".join(run.span_id for run in candidates)
-        raise AmbiguousTraceError(f"trace {traces[0]} holds {len(candidates)} runs ({ids}): pass span_id")
-    return candidates[0]
+    by_span = {run.span_id: run for run in runs}
+    candidates = _outermost(runs, {**{s.span_id: s for s in spans}, **by_span})
+    if span_id is None:
+        candidates = list({run.span_id: run for run in (_surfaced(c, by_span) for c in candidates)}.values())
+    if len(candidates) == 1:
+        return candidates[0]
+    failed = [run for run in candidates if run.status_code == "ERROR"]
+    if len(failed) == 1:
+        return failed[0]
+    listed = "; ".join(_describe(run) for run in candidates[:10])
+    raise AmbiguousTraceError(
+        f"trace {traces[0]} holds {len(candidates)} separate runs, {len(failed)} of them failed: {listed}; "
+        "pass span_id to choose one"
+    )
 
 
 def _list_events(run: SpanRecord, spans: Sequence[SpanRecord]) -> tuple[list[EventRecord], list[SpanRecord]]:
-    segments = [
-        s
-        for s in spans
-        if s.trace_id == run.trace_id and s.parent_span_id == run.span_id and s.name == wire.SPAN_SEGMENT
-    ]
+    segments = [s for s in spans if s.trace_id == run.trace_id and s.parent_span_id == run.span_id and _is_segment(s)]
     events = [e for span in (run, *segments) for e in span.events if wire.ATTR_EVENT_SEQ in e.attributes]
     events.sort(key=lambda e: _int(e.attributes[wire.ATTR_EVENT_SEQ]))
     return events, [run, *segments]
@@ -182,7 +286,8 @@ def reconstruct_trace(
     spans = _as_records(source)
     run = find_run(spans, _normalize_id(trace_id, 32), _normalize_id(span_id, 16))
     events, run_spans = _list_events(run, spans)
-    issues = _gaps(events, run, run_spans)
+    issues = [NOT_ENDED_ISSUE] if isinstance(run, UnendedRun) else []
+    issues += _gaps(events, run, run_spans)
     messages: list[Any] = []
     lossy: Counter[str] = Counter()
     for event in events:

@@ -4,32 +4,43 @@ Use it as ``with`` / ``async with``; code that already owns its try/except (Kiln
 ``run.fail(exc)`` and ``run.end()`` itself. Either way the contract on failure is the same: the span
 is marked errored with a redacted exception event, and the app gets a `KilnRunError` whose
 ``.original`` is the very exception that was raised. kiln-otel's own failures never replace it.
+
+A run is never left open silently: cancellation (``asyncio.CancelledError``, ``KeyboardInterrupt``)
+is recorded as such and propagates unchanged, and a run still open when the process exits (or gets
+SIGTERM, with `configure_tracing`) is ended by `kiln_otel.lifecycle`.
 """
 
 from __future__ import annotations
 
+import sys
+import threading
 from collections.abc import Iterable, Mapping
 from contextvars import ContextVar, Token
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind, TracerProvider
+from opentelemetry.trace import Span, SpanKind, Tracer, TracerProvider
 from opentelemetry.util.types import AttributeValue
 
-from kiln_otel import wire
+from kiln_otel import lifecycle, wire
 from kiln_otel._guard import report_internal_error
 from kiln_otel.config import Settings, resolve_settings
 from kiln_otel.error_messages import GENERIC_MESSAGE, format_error_message
-from kiln_otel.errors import KilnRunError
+from kiln_otel.errors import KilnRunError, ProcessExitedError, RunAbandonedError, RunInterruptedError
 from kiln_otel.messages import TracedMessages
 from kiln_otel.recorder import Recorder
 from kiln_otel.redaction import RedactSetting
 from kiln_otel.span_errors import record_failure
 from kiln_otel.version import __version__
 
-__all__ = ["TracedRun", "current_run", "traced_run"]
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+
+__all__ = ["CANCELLED_MESSAGE", "TracedRun", "current_run", "is_cancellation", "traced_run"]
+
+CANCELLED_MESSAGE = "The run was cancelled."
 
 _current: ContextVar[TracedRun | None] = ContextVar("kiln_otel_current_run", default=None)
 
@@ -43,6 +54,17 @@ def _suppressed() -> bool:
     return bool(otel_context.get_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY))
 
 
+def is_cancellation(exc: BaseException) -> bool:
+    """``KeyboardInterrupt`` or ``asyncio.CancelledError``: someone stopped the run, it did not fail.
+
+    asyncio is looked up, not imported: if nothing imported it, nothing raised its CancelledError.
+    """
+    if isinstance(exc, KeyboardInterrupt):
+        return True
+    asyncio = sys.modules.get("asyncio")
+    return asyncio is not None and isinstance(exc, asyncio.CancelledError)
+
+
 class TracedRun:
     """A started agent run: its span, its `TracedMessages`, and the way it ends.
 
@@ -52,7 +74,12 @@ class TracedRun:
 
     The span starts when the object is made, so ``run.messages`` records from the first append even
     when the run is driven by hand; entering it as a context manager also makes the span current, so
-    model and tool spans nest under it.
+    model and tool spans nest under it. Inside the run, ``tracer_provider`` and ``meter_provider`` are
+    what `kiln_otel.litellm` uses when it is not given its own.
+
+    ``live_export_delay`` (seconds, ``KILN_OTEL_LIVE_EXPORT_DELAY``, default 1) bounds how long a
+    recorded message waits before it is on an ended, exportable span: what a killed or hung process
+    can lose (see `kiln_otel.recorder`).
     """
 
     def __init__(
@@ -64,18 +91,24 @@ class TracedRun:
         attributes: Mapping[str, AttributeValue] | None = None,
         messages: Iterable[Any] = (),
         tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
         capture_content: bool | None = None,
         max_message_bytes: int | None = None,
         max_span_bytes: int | None = None,
         redact: RedactSetting = "default",
+        live_export_delay: float | None = None,
     ) -> None:
         self.settings: Settings = resolve_settings(
             capture_content=capture_content,
             max_message_bytes=max_message_bytes,
             max_span_bytes=max_span_bytes,
             redact=redact,
+            live_export_delay=live_export_delay,
         )
-        tracer = trace.get_tracer("kiln_otel", __version__, tracer_provider)
+        self.tracer_provider = tracer_provider
+        self.meter_provider = meter_provider
+        self._provider = tracer_provider if tracer_provider is not None else trace.get_tracer_provider()
+        tracer = trace.get_tracer("kiln_otel", __version__, self._provider)
         self.span: Span = (
             trace.INVALID_SPAN
             if _suppressed()
@@ -87,11 +120,12 @@ class TracedRun:
         )
         self.messages = TracedMessages()
         self._recorder: Recorder | None = None
-        if self.span.is_recording():
-            self._recorder = Recorder(self.span, tracer, self.settings)
-            self.messages._attach(self._recorder)
-        self.messages.extend(messages)
+        self._end_lock = threading.Lock()
         self._ended = False
+        self._tracking: lifecycle.Tracking | None = None
+        if self.span.is_recording():
+            self._start_recording(tracer, name, conversation_id)
+        self.messages.extend(messages)
         self._otel_token: object | None = None
         self._run_token: Token[TracedRun | None] | None = None
 
@@ -115,6 +149,29 @@ class TracedRun:
         attributes.update(extra or {})
         return attributes
 
+    def _start_recording(self, tracer: Tracer, name: str | None, conversation_id: str | None) -> None:
+        """Attach a recorder to the list and register the open run; on failure the list just records nothing."""
+        try:
+            recorder = Recorder(self.span, tracer, self.settings, self._identity(name, conversation_id))
+            self._tracking = lifecycle.track(self, self._provider, (self.span, recorder, self.messages))
+        except Exception as exc:
+            report_internal_error("TracedRun recording setup", exc)
+            return
+        self._recorder = recorder
+        self.messages._attach(recorder)
+
+    def _identity(self, name: str | None, conversation_id: str | None) -> dict[str, AttributeValue]:
+        """What every segment span repeats, so a run whose own span never ended can be rebuilt."""
+        identity: dict[str, AttributeValue] = {}
+        if name:
+            identity[wire.ATTR_RUN_NAME] = name
+        if conversation_id:
+            identity[wire.ATTR_GEN_AI_CONVERSATION_ID] = conversation_id
+        parent = getattr(self.span, "parent", None)
+        if parent is not None and parent.is_valid:
+            identity[wire.ATTR_RUN_PARENT_SPAN_ID] = trace.format_span_id(parent.span_id)
+        return identity
+
     # --- identity ----------------------------------------------------------------------------------
     @property
     def trace_id(self) -> str | None:
@@ -129,41 +186,75 @@ class TracedRun:
     # --- ending ------------------------------------------------------------------------------------
     def end(self) -> None:
         """End a successful run. Later calls (and calls after `fail`) do nothing."""
-        if self._ended:
-            return
-        self._ended = True
-        try:
-            if self._recorder is not None:
-                with self._recorder.lock:
-                    self._recorder.close(len(self.messages))
-                    self.messages._attach(None)
-            self.span.end()
-        except Exception as exc:
-            report_internal_error("TracedRun.end", exc)
+        self._finish(None, "", None)
 
     def fail(self, exc: BaseException) -> KilnRunError:
         """Record ``exc`` on the span, end the run, and return the `KilnRunError` to raise.
 
         Use it as ``except Exception as e: raise run.fail(e)``: the error's ``__cause__`` is already
         the original. A `KilnRunError` (from a nested run, say) is returned unchanged, never wrapped
-        twice.
+        twice, and this run's span records which run it came from. Cancellation
+        (``asyncio.CancelledError``, ``KeyboardInterrupt``) is recorded as "The run was cancelled."
         """
-        original = exc.original if isinstance(exc, KilnRunError) else exc
-        message = format_error_message(exc, redact=self.settings.redact)
-        if not self._ended:
-            self._record_error(original, message)
-        self.end()
+        message = self._failure_message(exc)
+        self._finish(exc, message, None)
         if isinstance(exc, KilnRunError):
             return exc
         error = KilnRunError(message, self.messages, exc, trace_id=self.trace_id, span_id=self.span_id)
         error.redact = self.settings.redact
         return error
 
+    def _failure_message(self, exc: BaseException) -> str:
+        """The user-facing message `fail` gives ``exc``: the span's status and the payload's message."""
+        if is_cancellation(exc):
+            return CANCELLED_MESSAGE
+        if isinstance(exc, SystemExit):
+            return ProcessExitedError.default_message
+        if isinstance(exc, RunInterruptedError):
+            return str(exc)
+        return format_error_message(exc, redact=self.settings.redact)
+
+    def _exit_message(self, uncaught: BaseException) -> str:
+        """The message of a run still open when ``uncaught`` ended the process."""
+        message = self._failure_message(uncaught)
+        if is_cancellation(uncaught) or isinstance(uncaught, SystemExit):
+            return message
+        return f"{ProcessExitedError.default_message.rstrip('.')}: {message}"
+
+    def _end_unfinished(self, error: BaseException, message: str, lock_timeout: float) -> None:
+        """End a run its own code never ended (process exit, a signal): see `kiln_otel.lifecycle`."""
+        self._finish(error, message, lock_timeout)
+
+    def _finish(self, exc: BaseException | None, message: str, lock_timeout: float | None) -> None:
+        """End the run exactly once, recording ``exc`` (None: success) with ``message`` first."""
+        with self._end_lock:
+            if self._ended:
+                return
+            self._ended = True
+        if exc is not None:
+            self._record_error(exc, message)
+        try:
+            if self._tracking is not None:
+                lifecycle.forget(self._tracking)
+            _close(self.span, self._recorder, self.messages, lock_timeout)
+        except Exception as internal:
+            report_internal_error("TracedRun.end", internal)
+
     def _record_error(self, exc: BaseException, message: str) -> None:
         try:
-            record_failure(self.span, exc, self.settings.redact, message or GENERIC_MESSAGE)
+            original = exc.original if isinstance(exc, KilnRunError) else exc
+            record_failure(self.span, original, self.settings.redact, message or GENERIC_MESSAGE)
+            source = self._nested_source(exc)
+            if source is not None:
+                self.span.set_attribute(wire.ATTR_ERROR_SPAN_ID, source)
         except Exception as internal:
             report_internal_error("TracedRun._record_error", internal)
+
+    def _nested_source(self, exc: BaseException) -> str | None:
+        """The span id of the run (in this trace) whose `KilnRunError` is passing through this one."""
+        if not isinstance(exc, KilnRunError) or exc.span_id is None or exc.span_id == self.span_id:
+            return None
+        return exc.span_id if exc.trace_id == self.trace_id else None
 
     # --- context managers --------------------------------------------------------------------------
     def __enter__(self) -> TracedRun:
@@ -209,6 +300,33 @@ class TracedRun:
             report_internal_error("TracedRun._detach", exc)
         finally:
             self._run_token = self._otel_token = None
+
+
+def _close(span: Span, recorder: Recorder | None, messages: TracedMessages, lock_timeout: float | None) -> None:
+    """Write what is buffered and the totals, stop the list recording, end the span.
+
+    Past ``lock_timeout`` the lock's holder is stuck (or is the thread a signal interrupted): closing
+    without it risks one event's bookkeeping, waiting risks the whole run.
+    """
+    if recorder is not None:
+        locked = recorder.lock.acquire(timeout=-1 if lock_timeout is None else lock_timeout)
+        try:
+            recorder.close(len(messages))
+            messages._attach(None)
+        finally:
+            if locked:
+                recorder.lock.release()
+    span.end()
+
+
+def end_abandoned(span: Span, recorder: Recorder, messages: TracedMessages, lock_timeout: float) -> None:
+    """End a run the app dropped while it was open (`kiln_otel.lifecycle` queues them)."""
+    try:
+        error = RunAbandonedError()
+        record_failure(span, error, None, str(error))
+        _close(span, recorder, messages, lock_timeout)
+    except Exception as internal:
+        report_internal_error("end_abandoned", internal)
 
 
 traced_run = TracedRun

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "ATTR_ERROR_SPAN_ID",
     "ATTR_ERROR_TYPE",
     "ATTR_EVENT_SEQ",
     "ATTR_GEN_AI_AGENT_NAME",
@@ -55,9 +56,13 @@ __all__ = [
     "ATTR_MESSAGE_TOOL_CALL_IDS",
     "ATTR_MESSAGE_TOOL_NAMES",
     "ATTR_MESSAGE_TRUNCATED",
+    "ATTR_RUN_NAME",
+    "ATTR_RUN_PARENT_SPAN_ID",
     "ATTR_SCHEMA_VERSION",
     "ATTR_SEGMENTS",
+    "ATTR_SEGMENT_FIRST_SEQ",
     "ATTR_SEGMENT_INDEX",
+    "ATTR_SEGMENT_LAST_SEQ",
     "ATTR_SERVER_ADDRESS",
     "ATTR_SERVER_PORT",
     "ATTR_STREAM_ABANDONED",
@@ -104,21 +109,35 @@ ATTR_ERROR_TYPE: Final = "error.type"
 OPERATION_INVOKE_AGENT: Final = "invoke_agent"
 EVENT_EXCEPTION: Final = "exception"
 
-# --- The run span and its continuation segments -----------------------------------------------
+# --- The run span and its segment spans ----------------------------------------------------------
 ATTR_SCHEMA_VERSION: Final = "kiln_otel.schema_version"
 """On the run span: marks it as a kiln-otel run and says which contract wrote it."""
 ATTR_MESSAGES_COUNT: Final = "kiln_otel.messages.count"
-"""On the run span at its end: the list's final length, so a reader can tell a trace is whole."""
+"""The list's length after the span's last list event: on the run span (at its end) the final length,
+on a segment the length when it was written, so a reader can tell a trace is whole."""
 ATTR_MESSAGES_OPS: Final = "kiln_otel.messages.ops"
 """On the run span at its end: how many list events were written (their seq run 0..ops-1)."""
 ATTR_SEGMENTS: Final = "kiln_otel.segments"
-"""On the run span at its end: how many continuation segment spans were opened."""
+"""On the run span at its end: how many segment spans were written."""
 ATTR_MESSAGES_TRUNCATED: Final = "kiln_otel.messages.truncated"
 ATTR_MESSAGES_LOSSY: Final = "kiln_otel.messages.lossy"
 
+ATTR_ERROR_SPAN_ID: Final = "kiln_otel.error.span_id"
+"""On a run that failed because a nested run's error passed through it: that run's span id, so the
+payload rebuilt from the trace id alone is the one the app got."""
+
 SPAN_SEGMENT: Final = "kiln_otel.messages"
-"""Child of the run span that carries further events once the run span is full."""
+"""Child of the run span holding list events written while the run was going (live export).
+
+Readers recognise segments by `ATTR_SEGMENT_INDEX`, never by this name."""
 ATTR_SEGMENT_INDEX: Final = "kiln_otel.segment.index"
+"""On every segment (from 1): what makes a span a segment of the run that is its parent."""
+ATTR_SEGMENT_FIRST_SEQ: Final = "kiln_otel.segment.seq.first"
+ATTR_SEGMENT_LAST_SEQ: Final = "kiln_otel.segment.seq.last"
+ATTR_RUN_NAME: Final = "kiln_otel.run.name"
+"""On segments: the run's name, so a run whose own span never ended can still be named."""
+ATTR_RUN_PARENT_SPAN_ID: Final = "kiln_otel.run.parent_span_id"
+"""On segments of a run that has a parent span: that span's id (nesting of runs that never ended)."""
 
 # --- List events ------------------------------------------------------------------------------
 EVENT_MESSAGE_PREFIX: Final = "kiln_otel.message"

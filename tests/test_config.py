@@ -31,16 +31,28 @@ def test_span_budget_never_below_message_budget() -> None:
     assert config.resolve_settings(max_message_bytes=10_000, max_span_bytes=2_000).max_span_bytes == 10_000
 
 
-@pytest.mark.parametrize("value", ["lots", "-5", "10"])
+@pytest.mark.parametrize(
+    ("name", "field", "default", "value"),
+    [
+        *[
+            (config.ENV_MAX_MESSAGE_BYTES, "max_message_bytes", config.DEFAULT_MAX_MESSAGE_BYTES, v)
+            for v in ("lots", "-5", "10")
+        ],
+        *[
+            (config.ENV_LIVE_EXPORT_DELAY, "live_export_delay", config.DEFAULT_LIVE_EXPORT_DELAY_SECONDS, v)
+            for v in ("soon", "-1", "inf", "nan")
+        ],
+    ],
+)
 def test_bad_environment_values_warn_once_and_fall_back(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, value: str
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, name: str, field: str, default: float, value: str
 ) -> None:
     config._warned.clear()
-    monkeypatch.setenv(config.ENV_MAX_MESSAGE_BYTES, value)
+    monkeypatch.setenv(name, value)
     with caplog.at_level(logging.WARNING, logger="kiln_otel"):
-        assert config.resolve_settings().max_message_bytes == config.DEFAULT_MAX_MESSAGE_BYTES
-        assert config.resolve_settings().max_message_bytes == config.DEFAULT_MAX_MESSAGE_BYTES
-    assert len([r for r in caplog.records if config.ENV_MAX_MESSAGE_BYTES in r.getMessage()]) == 1
+        assert getattr(config.resolve_settings(), field) == default
+        assert getattr(config.resolve_settings(), field) == default
+    assert len([r for r in caplog.records if name in r.getMessage()]) == 1
 
 
 def test_bad_arguments_raise() -> None:
@@ -54,3 +66,17 @@ def test_redaction_off_and_custom() -> None:
     assert config.resolve_settings(redact=None).redact is None
     hook = str.upper
     assert config.resolve_settings(redact=hook).redact is hook
+
+
+def test_live_export_delay_argument_beats_environment_beats_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(config.ENV_LIVE_EXPORT_DELAY, raising=False)
+    assert config.resolve_settings().live_export_delay == config.DEFAULT_LIVE_EXPORT_DELAY_SECONDS == 1.0
+    monkeypatch.setenv(config.ENV_LIVE_EXPORT_DELAY, "0.25")
+    assert config.resolve_settings().live_export_delay == 0.25
+    assert config.resolve_settings(live_export_delay=0).live_export_delay == 0.0
+
+
+@pytest.mark.parametrize("value", [-0.5, float("inf"), float("nan")])
+def test_a_bad_live_export_delay_argument_raises(value: float) -> None:
+    with pytest.raises(ValueError, match="live_export_delay"):
+        config.resolve_settings(live_export_delay=value)

@@ -160,6 +160,23 @@ def test_file_default_when_no_endpoint(tmp_path: Path) -> None:
     assert sorted(span.name for span in load_spans(path)) == ["span 0", "span 1", "span 2"]
 
 
+@pytest.mark.parametrize(("environment", "delay"), [(None, 500), ("2000", 2000)])
+def test_batch_schedule_delay_is_short_unless_the_environment_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, environment: str | None, delay: int
+) -> None:
+    """Part of what a SIGKILLed process loses: the SDK's own default (5000 ms) unless told."""
+    if environment is None:
+        monkeypatch.delenv("OTEL_BSP_SCHEDULE_DELAY", raising=False)
+    else:
+        monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", environment)
+    provider, _ = configure_tracing(traces_file=tmp_path / "t.jsonl", handle_signals=False)
+    try:
+        (processor,) = provider._active_span_processor._span_processors  # type: ignore[attr-defined]
+        assert processor._batch_processor._schedule_delay_millis == delay
+    finally:
+        provider.shutdown()
+
+
 def test_file_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     default, env, explicit = tmp_path / "default.jsonl", tmp_path / "env.jsonl", tmp_path / "explicit.jsonl"
     assert traces_file_target(default_file=default) == default

@@ -15,9 +15,14 @@ EXPECTED = {
     "KilnRunError",
     "MalformedTelemetryError",
     "NotKilnTelemetryError",
+    "ProcessExitedError",
+    "ProcessTerminatedError",
     "ReconstructedTrace",
     "ReconstructionError",
     "Redactor",
+    "RunAbandonedError",
+    "RunInterruptedError",
+    "RunNotEndedError",
     "TraceNotFoundError",
     "TracedMessages",
     "TracedRun",
@@ -55,3 +60,13 @@ def test_exception_tree() -> None:
     assert issubclass(kiln_otel.TraceNotFoundError, kiln_otel.ReconstructionError)
     assert issubclass(kiln_otel.ReconstructionError, kiln_otel.KilnOtelError)
     assert not issubclass(kiln_otel.KilnRunError, kiln_otel.KilnOtelError)
+    endings = (
+        kiln_otel.ProcessExitedError,
+        kiln_otel.ProcessTerminatedError,
+        kiln_otel.RunAbandonedError,
+        kiln_otel.RunNotEndedError,
+    )
+    for ending in endings:
+        assert issubclass(ending, kiln_otel.RunInterruptedError)
+        assert not issubclass(ending, (kiln_otel.KilnOtelError, kiln_otel.KilnRunError))
+        assert str(ending()) == ending.default_message

@@ -117,8 +117,13 @@ def test_nested_runs_pass_the_inner_error_through(tracing: Tracing) -> None:
     outer_span = tracing.span("invoke_agent outer")
     assert inner_span.parent is not None
     assert inner_span.parent.span_id == outer_span.context.span_id
-    assert reconstruct_error(tracing.spans()).trace == [USER]
+    assert outer_span.attributes is not None
+    assert outer_span.attributes["kiln_otel.error.span_id"] == f"{inner_span.context.span_id:016x}"
+    # By trace id alone: the payload the app got, the inner run's; each run by its own span id.
+    assert reconstruct_error(tracing.spans()) == caught.value.to_error_with_trace()
+    assert reconstruct_error(tracing.spans()).trace == [SYSTEM]
     assert reconstruct_error(tracing.spans(), span_id=inner_span.context.span_id).trace == [SYSTEM]
+    assert reconstruct_error(tracing.spans(), span_id=outer_span.context.span_id).trace == [USER]
 
 
 def test_async_with(tracing: Tracing) -> None:
@@ -152,13 +157,55 @@ def test_manual_fail_for_code_that_owns_its_except(tracing: Tracing) -> None:
     assert len(tracing.spans()) == 1
 
 
-def test_base_exceptions_are_recorded_not_wrapped(tracing: Tracing) -> None:
-    with pytest.raises(KeyboardInterrupt), traced_run("interrupted", tracer_provider=tracing.provider):
-        raise KeyboardInterrupt
-    span = tracing.span("invoke_agent interrupted")
+def assert_cancelled(tracing: Tracing, name: str, error_type: str, trace: list[object]) -> None:
+    span = tracing.span(f"invoke_agent {name}")
     assert span.status.status_code is StatusCode.ERROR
+    assert span.status.description == "The run was cancelled."
     assert span.attributes is not None
-    assert span.attributes["error.type"] == "KeyboardInterrupt"
+    assert span.attributes["error.type"] == error_type
+    payload = reconstruct_error(tracing.spans())
+    assert (payload.message, payload.error_type, payload.trace) == (
+        "The run was cancelled.",
+        error_type.rsplit(".", 1)[-1],
+        trace,
+    )
+
+
+def test_keyboard_interrupt_is_recorded_as_cancellation_and_propagates(tracing: Tracing) -> None:
+    interrupt = KeyboardInterrupt()
+    with pytest.raises(KeyboardInterrupt) as caught, traced_run("interrupted", tracer_provider=tracing.provider) as run:
+        run.messages.append(USER)
+        raise interrupt
+    assert caught.value is interrupt
+    assert_cancelled(tracing, "interrupted", "KeyboardInterrupt", [USER])
+
+
+def test_cancelled_task_is_recorded_as_cancellation_and_propagates(tracing: Tracing) -> None:
+    started = asyncio.Event()
+
+    async def agent() -> None:
+        async with traced_run("cancelled", tracer_provider=tracing.provider) as run:
+            run.messages.extend([SYSTEM, USER])
+            started.set()
+            await asyncio.sleep(60)
+
+    async def main() -> None:
+        task = asyncio.create_task(agent())
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert_cancelled(tracing, "cancelled", "asyncio.exceptions.CancelledError", [SYSTEM, USER])
+
+
+def test_hand_driven_cancellation_payload_equals_reconstruction(tracing: Tracing) -> None:
+    run = traced_run("by hand", tracer_provider=tracing.provider)
+    run.messages.append(USER)
+    err = run.fail(asyncio.CancelledError())
+    assert str(err) == "The run was cancelled."
+    assert reconstruct_error(tracing.spans()) == err.to_error_with_trace()
 
 
 class UnprintableError(Exception):

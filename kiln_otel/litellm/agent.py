@@ -75,6 +75,7 @@ async def run_agent(
       (a handler's own exception object; ValueError for an unknown tool or bad arguments).
 
     Raises RuntimeError past ``max_turns`` model calls or ``max_tool_calls_per_turn`` calls in one turn.
+    ``tracer_provider`` / ``meter_provider`` default to the current run's, then the global ones.
     """
     if on_tool_error not in ("return_to_model", "fail_run"):
         raise ValueError(f"on_tool_error must be 'return_to_model' or 'fail_run', got {on_tool_error!r}")
@@ -140,7 +141,8 @@ class _ToolRunner:
 
     def __init__(self, handlers: Mapping[str, ToolHandler], telemetry: Telemetry, settings: Settings) -> None:
         self._handlers = handlers
-        self._tracer: Tracer = trace.get_tracer(INSTRUMENTATION_SCOPE, __version__, telemetry.tracer_provider)
+        provider = telemetry.in_run().tracer_provider
+        self._tracer: Tracer = trace.get_tracer(INSTRUMENTATION_SCOPE, __version__, provider)
         self._settings = settings
 
     async def run(self, call: Any) -> _Outcome:

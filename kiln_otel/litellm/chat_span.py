@@ -64,10 +64,22 @@ def inside_traced_call() -> bool:
 
 @dataclass(frozen=True)
 class Telemetry:
-    """Where a call's span and metrics go; None means the global providers, resolved at call time."""
+    """Where a call's span and metrics go; None means the current run's provider, else the global one,
+    resolved at call time (`in_run`)."""
 
     tracer_provider: TracerProvider | None = None
     meter_provider: MeterProvider | None = None
+
+    def in_run(self) -> Telemetry:
+        """What was not given explicitly, taken from the current run: one run's spans, one provider."""
+        run = current_run()
+        if run is None:
+            return self
+        tracer_provider = self.tracer_provider if self.tracer_provider is not None else run.tracer_provider
+        meter_provider = self.meter_provider if self.meter_provider is not None else run.meter_provider
+        if tracer_provider is self.tracer_provider and meter_provider is self.meter_provider:
+            return self
+        return Telemetry(tracer_provider, meter_provider)
 
 
 def run_redaction() -> RedactHook | None:
@@ -158,6 +170,7 @@ class ChatCall:
         if not is_instrumentation_enabled():
             return cls.inactive()
         try:
+            telemetry = telemetry.in_run()
             attributes = request_attributes(request, _known_providers())
             tracer = _tracer(telemetry.tracer_provider)
             name = wire.chat_span_name(str(attributes.get(wire.ATTR_GEN_AI_REQUEST_MODEL) or ""))

@@ -36,7 +36,8 @@ async def traced_acompletion(
     becomes the run's event, or any list) and litellm's response is returned unchanged. With
     ``stream=True`` an `AsyncTracedStream` is returned instead: it yields litellm's chunks unchanged and
     appends the assembled message when the stream ends. A failure propagates as the very exception
-    litellm raised, after the span records it (redacted).
+    litellm raised, after the span records it (redacted). Providers not given are the current
+    `traced_run`'s, else the global ones.
     """
     litellm = require_litellm()
     kwargs = {**litellm_kwargs, "messages": messages}

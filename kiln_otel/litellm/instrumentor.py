@@ -50,7 +50,10 @@ def _wrap_async(original: _AsyncFunc, telemetry: Telemetry) -> _AsyncFunc:
 
 
 class LiteLLMInstrumentor(BaseInstrumentor):  # type: ignore[misc]
-    """``LiteLLMInstrumentor().instrument(tracer_provider=..., meter_provider=...)``; both default to global.
+    """``LiteLLMInstrumentor().instrument(tracer_provider=..., meter_provider=...)``.
+
+    A provider not given is, for each call, the current `traced_run`'s (so a run's spans stay with
+    its provider), else the global one.
 
     Honours the standard ``suppress_instrumentation`` context key. `uninstrument` puts back the very
     function objects it replaced.
