@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 
 from kiln_otel._guard import logger
-from kiln_otel.redaction import RedactHook, RedactSetting, resolve_redactor
+from kiln_otel.redaction import RedactHook, Redactor, RedactSetting, resolve_redactor
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -97,9 +97,11 @@ def resolve_settings(
             raise ValueError(f"{name} must be at least {MIN_BUDGET_BYTES} bytes, got {budget}")
     message_bytes = max_message_bytes or _bytes_from_env(ENV_MAX_MESSAGE_BYTES, DEFAULT_MAX_MESSAGE_BYTES)
     span_bytes = max_span_bytes or _bytes_from_env(ENV_MAX_SPAN_BYTES, DEFAULT_MAX_SPAN_BYTES)
+    hook = resolve_redactor(redact)
     return Settings(
         capture_content=_capture_from_env() if capture_content is None else capture_content,
         max_message_bytes=message_bytes,
         max_span_bytes=max(span_bytes, message_bytes),
-        redact=resolve_redactor(redact),
+        # Each run counts what it masked, even when the app shares one Redactor between runs.
+        redact=hook.fork() if isinstance(hook, Redactor) else hook,
     )

@@ -157,11 +157,15 @@ class TracedRun:
             return exc
         error = KilnRunError(message, self.messages, exc, trace_id=self.trace_id, span_id=self.span_id)
         error.redact = self.settings.redact
+        error.max_message_bytes = self.settings.max_message_bytes
         return error
 
     def _record_error(self, exc: BaseException, message: str) -> None:
         try:
-            record_failure(self.span, exc, self.settings.redact, message or GENERIC_MESSAGE)
+            settings = self.settings
+            record_failure(
+                self.span, exc, settings.redact, message or GENERIC_MESSAGE, max_bytes=settings.max_message_bytes
+            )
         except Exception as internal:
             report_internal_error("TracedRun._record_error", internal)
 
