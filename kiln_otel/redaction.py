@@ -48,13 +48,23 @@ _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012
 _PREVIOUS_WORD = re.compile(r"([A-Za-z]{2,20})[ \t]+$")
 _BARE_TOKEN = re.compile(r"[^\s&,;'\"\\)\]}<>]+")
 _LINE_VALUE = re.compile(r"[^\r\n\"'\\<>]+")
-_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9\-]{1,19}[ \t]+(?=\S)")
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9\-]{1,19})[ \t]+(?=\S)")
 _TYPE_WORD = re.compile(
     r"(?:Optional\[|Union\[|Annotated\[|list\[|dict\[)?(?:str|string|int|integer|bool|boolean|bytes|float|number|"
     r"None|null|Any|object|dict|list|SecretStr|SecretBytes|Secret)\b"
 )
 _LITERALS = frozenset({"none", "null", "nil", "true", "false", "undefined", "nan"})
 _LINE_KINDS = frozenset({"authorization", "cookie"})
+_AUTH_SCHEMES = frozenset(
+    "bearer basic token digest negotiate ntlm bot apikey key ssws oauth hmac hawk splunk geniekey signature "
+    "sharedkey sharedkeylite mac jwt dpop pat aws4-hmac-sha256 sso-key".split()
+)
+# Words that continue a sentence after a colon ("API keys: in the environment"), never a credential.
+_STOPWORDS = frozenset(
+    "a an the in on at of to for from by with and or not no yes is are was be it its this that these those "
+    "see use must should can will may as if when where how what which who you your we our they their i "
+    "never always only also please set stored kept".split()
+)
 _SCHEMA_KEYS = frozenset({"type", "$ref", "properties", "anyOf", "oneOf", "allOf"})
 _QUOTE_OR_BRACKET = re.compile(r"[\"'\[\]{}]")
 
@@ -132,8 +142,9 @@ def _string_end(text: str, start: int, depth: int) -> int | None:
     return None
 
 
-def _single_quoted_end(text: str, start: int, in_json: bool) -> int:
-    """End of a repr string's content: its closing quote, or where a JSON string around it ends."""
+def _single_quoted_end(text: str, start: int, in_json: bool) -> tuple[int, bool]:
+    """End of a repr string's content, and whether its closing quote was found (not a line end, not
+    the end of a JSON string around it, not the end of the text)."""
     index = start
     length = len(text)
     while index < length:
@@ -141,23 +152,28 @@ def _single_quoted_end(text: str, start: int, in_json: bool) -> int:
         if char == "\\":
             index += 2
             continue
-        if char == "'" or char in "\r\n" or (in_json and char == '"'):
-            return index
+        if char == "'":
+            return index, True
+        if char in "\r\n" or (in_json and char == '"'):
+            return index, False
         index += 1
-    return length
+    return length, False
 
 
 class _Reader:
-    """Finds the value that follows a secret-named key, and the spans to mask in it."""
+    """Finds the value that follows a secret-named key, and the spans to mask in it.
 
-    def __init__(self, text: str, in_json: bool) -> None:
+    ``truncated``: the text is a window of a longer one, so a value still open at its end was cut
+    and is masked to the end; in a whole text an unterminated value is not a value (``'Password: '``).
+    """
+
+    def __init__(self, text: str, in_json: bool, truncated: bool) -> None:
         self.text = text
         self.in_json = in_json
+        self.truncated = truncated
 
-    def string(self, start: int, depth: int) -> tuple[int, int]:
-        """Content span of a depth-``depth`` JSON string starting at ``start``; to the end when cut."""
-        end = _string_end(self.text, start, depth)
-        return start, len(self.text) if end is None else end
+    def _open(self, start: int, end: int, closed: bool) -> bool:
+        return closed or (self.truncated and end >= len(self.text) and end > start)
 
     def value(self, at: int, depth: int | None, kind: str, sep: str, key: str) -> list[Span]:
         """Spans to mask in the value at ``at``; ``depth`` is the JSON depth of a quoted key, else None."""
@@ -168,6 +184,9 @@ class _Reader:
         char = text[at]
         if char in "[{":
             return self.container(at, depth, kind)
+        if depth is None and char in "fbruFBRU" and text[at + 1 : at + 2] in ("'", '"'):
+            at += 1  # f'...', b"...": a Python string prefix
+            char = text[at]
         quote = _quote_at(text, at)
         if quote is not None:
             run, depth_of_quote = quote
@@ -175,17 +194,28 @@ class _Reader:
                 return []
             if depth is None and self.in_json and depth_of_quote == 0:
                 return []  # the JSON string holding this text ends here: there is no value
-            start, end = self.string(at + run + 1, depth_of_quote)
-            return [(start, end, kind)] if end > start and not is_placeholder(text[start:end]) else []
+            start = at + run + 1
+            close = _string_end(text, start, depth_of_quote)
+            end = len(text) if close is None else close
+            if depth is None and not self._open(start, end, close is not None):
+                return []
+            return self.quoted(start, end, kind)
         if char == "'" and depth is None:
-            end = _single_quoted_end(text, at + 1, self.in_json)
-            return [(at + 1, end, kind)] if end > at + 1 and not is_placeholder(text[at + 1 : end]) else []
+            end, closed = _single_quoted_end(text, at + 1, self.in_json)
+            return self.quoted(at + 1, end, kind) if self._open(at + 1, end, closed) else []
         if depth is not None:
             return []  # a number, true, false or null: not text, and the JSON's shape must not change
         return self.bare(at, kind, sep, key)
 
+    def quoted(self, start: int, end: int, kind: str) -> list[Span]:
+        if kind == "authorization":
+            start = _after_scheme(self.text, start, end)
+        if end <= start or is_placeholder(self.text[start:end]):
+            return []
+        return [(start, end, kind)]
+
     def bare(self, at: int, kind: str, sep: str, key: str) -> list[Span]:
-        """An unquoted value: a whole header value for credentials headers, else one token."""
+        """An unquoted value: one token; a whole header value for Authorization and Cookie lines."""
         text = self.text
         if sep == "=" and at > 0 and text[at - 1] in " \t":
             return []  # ``token = make_token()``: code, not configuration
@@ -194,18 +224,20 @@ class _Reader:
             if line is None:
                 return []
             end = at + len(line.group().rstrip())
-            scheme = _SCHEME.match(text, at, end)
-            start = scheme.end() if scheme is not None and kind == "authorization" else at
-            return [(start, end, kind)] if end > start and not is_placeholder(text[start:end]) else []
+            start = _after_scheme(text, at, end) if kind == "authorization" else at
+            whole = start > at or (kind == "cookie" and "=" in text[at:end])
+            if whole:
+                return [(start, end, kind)] if end > start and not is_placeholder(text[start:end]) else []
         token = _BARE_TOKEN.match(text, at)
         if token is None:
             return []
         value = token.group()
+        lowered = value.lower()
         if (
             is_placeholder(value)
-            or value.lower() in _LITERALS
+            or lowered in _LITERALS
             or value == key
-            or (sep == ":" and _TYPE_WORD.match(value))
+            or (sep == ":" and (lowered in _STOPWORDS or _TYPE_WORD.match(value)))
             or (kind in ("token", "session") and value.isdigit())
         ):
             return []
@@ -215,8 +247,9 @@ class _Reader:
         """Every string value in a list or object (keys kept): ``"api_keys": ["a", "b"]``.
 
         An object that describes a schema (``{"type": "string"}``) is left alone; secret fields
-        inside it are still found by their own names. Stops, masking what it saw, where a JSON string
-        around it ends, so a cut or malformed value can never take the JSON's structure with it.
+        inside it are still found by their own names. A value that ends where a JSON string around
+        it ends was not a list or an object, unless the text was cut there: then what it held so
+        far is masked, so a cut can never take the JSON's structure with it.
         """
         text = self.text
         floor = depth if depth is not None else (1 if self.in_json else 0)
@@ -225,9 +258,11 @@ class _Reader:
         schema = False
         index = at
         length = len(text)
+        closed = False
         while index < length:
             found = _QUOTE_OR_BRACKET.search(text, index)
             if found is None:
+                index = length
                 break
             index = found.start()
             char = text[index]
@@ -239,12 +274,13 @@ class _Reader:
                 level -= 1
                 index += 1
                 if level == 0:
+                    closed = True
                     break
                 continue
             if char == "'":
                 start = index + 1
-                end = _single_quoted_end(text, start, self.in_json)
-                closed = end < length and text[end] == "'"
+                end, string_closed = _single_quoted_end(text, start, self.in_json)
+                after = end + 1
             else:
                 run = _backslashes_before(text, index, at)
                 string_depth = _trailing_ones(run)
@@ -252,26 +288,29 @@ class _Reader:
                     break  # the JSON string this value sits in ends here
                 start = index + 1
                 close = _string_end(text, start, string_depth)
-                end, closed = (length, False) if close is None else (close, True)
-                if not closed:
+                end, string_closed = (length, False) if close is None else (close, True)
+                after = end + run + 1
+            if not string_closed:
+                if self.truncated and end >= length:
                     spans.append((start, end, kind))
-                    break
-                end_token = end + run + 1
-                if _is_key(text, end_token):
-                    schema = schema or (level == 1 and text[start:end] in _SCHEMA_KEYS)
-                elif end > start:
-                    spans.append((start, end, kind))
-                index = end_token
-                continue
-            if not closed:
-                spans.append((start, end, kind))
+                    closed = True
                 break
-            if _is_key(text, end + 1):
+            if _is_key(text, after):
                 schema = schema or (level == 1 and text[start:end] in _SCHEMA_KEYS)
             elif end > start:
                 spans.append((start, end, kind))
-            index = end + 1
+            index = after
+        if not closed and not (self.truncated and index >= length):
+            return []
         return [] if schema else [s for s in spans if not is_placeholder(text[s[0] : s[1]])]
+
+
+def _after_scheme(text: str, start: int, end: int) -> int:
+    """``Bearer abc``: where the credentials start, so the scheme stays readable."""
+    scheme = _SCHEME.match(text, start, end)
+    if scheme is not None and scheme.group(1).lower() in _AUTH_SCHEMES:
+        return scheme.end()
+    return start
 
 
 def _skip_blanks(text: str, index: int) -> int:
@@ -317,8 +356,8 @@ def _key_bounds(text: str, match: re.Match[str]) -> tuple[int, int | None]:
     return start, -1
 
 
-def _field_spans(text: str, lowered: str, in_json: bool) -> list[Span]:
-    reader = _Reader(text, in_json)
+def _field_spans(text: str, lowered: str, in_json: bool, truncated: bool) -> list[Span]:
+    reader = _Reader(text, in_json, truncated)
     spans: list[Span] = []
     for match in _FIELD.finditer(lowered):
         key_start, depth = _key_bounds(lowered, match)
@@ -450,12 +489,15 @@ class Redactor:
         value or PEM block runs masked to the end of the window.
         """
         window = text[: keep + MARGIN]
-        spans = self.spans(window)
+        spans = self.spans(window, truncated=len(window) < len(text))
         head = self._apply(window, spans, keep) if spans else window[:keep]
         return self._callback(head) if self._callback is not None else head
 
-    def spans(self, text: str) -> list[Span]:
-        """(start, end, kind) of every value to mask, sorted, non-overlapping, JSON-safe."""
+    def spans(self, text: str, truncated: bool = False) -> list[Span]:
+        """(start, end, kind) of every value to mask, sorted, non-overlapping, JSON-safe.
+
+        ``truncated``: ``text`` is the start of a longer text (a value open at its end was cut).
+        """
         found: list[Span] = []
         for pattern in self._extra:
             found.extend((m.start(), m.end(), "custom") for m in pattern.finditer(text) if m.end() > m.start())
@@ -463,9 +505,9 @@ class Redactor:
             lowered = text.lower()
             if len(lowered) != len(text):  # a few characters lower-case to two: keep offsets aligned
                 lowered = "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
-            in_json = text[:1] in ("{", "[", '"')
+            in_json = text.startswith(('{"', '["', "[{", "[[", '"', "{}", "[]"))
             found.extend(_shape_spans(text, lowered))
-            found.extend(_field_spans(text, lowered, in_json))
+            found.extend(_field_spans(text, lowered, in_json, truncated))
         if not found:
             return found
         return _merge([s for s in (_json_safe(text, span) for span in found) if s is not None])

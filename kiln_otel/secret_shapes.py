@@ -145,7 +145,7 @@ SHAPES: tuple[Shape, ...] = (
     ),
     _shape(
         "aws_secret_access_key",
-        r"(?i:aws)[A-Za-z0-9_ .:=\"'\-]{0,40}?(?<![A-Za-z0-9/+])(?P<secret>[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])",
+        r"(?i:aws)[A-Za-z0-9_ .:=\"'/\-]{0,60}?(?<![A-Za-z0-9/+])(?P<secret>[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])",
         "aws",
         ignore_case=True,
         gate=r"(?i:(?-u:\b)aws)",
