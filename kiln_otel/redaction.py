@@ -56,17 +56,25 @@ _TYPE_WORD = re.compile(
 _LITERALS = frozenset({"none", "null", "nil", "true", "false", "undefined", "nan"})
 _LINE_KINDS = frozenset({"authorization", "cookie"})
 _AUTH_SCHEMES = frozenset(
-    "bearer basic token digest negotiate ntlm bot apikey key ssws oauth hmac hawk splunk geniekey signature "
-    "sharedkey sharedkeylite mac jwt dpop pat aws4-hmac-sha256 sso-key".split()
+    {
+        *("bearer", "basic", "token", "digest", "negotiate", "ntlm", "bot", "apikey", "key", "ssws", "oauth"),
+        *("hmac", "hawk", "splunk", "geniekey", "signature", "sharedkey", "sharedkeylite", "mac", "jwt", "dpop"),
+        *("pat", "aws4-hmac-sha256", "sso-key"),
+    }
 )
 # Words that continue a sentence after a colon ("API keys: in the environment"), never a credential.
 _STOPWORDS = frozenset(
-    "a an the in on at of to for from by with and or not no yes is are was be it its this that these those "
-    "see use must should can will may as if when where how what which who you your we our they their i "
-    "never always only also please set stored kept".split()
+    {
+        *("a", "an", "the", "in", "on", "at", "of", "to", "for", "from", "by", "with", "and", "or", "not", "no"),
+        *("yes", "is", "are", "was", "be", "it", "its", "this", "that", "these", "those", "see", "use", "must"),
+        *("should", "can", "will", "may", "as", "if", "when", "where", "how", "what", "which", "who", "you"),
+        *("your", "we", "our", "they", "their", "i", "never", "always", "only", "also", "please", "set"),
+        *("stored", "kept"),
+    }
 )
 _SCHEMA_KEYS = frozenset({"type", "$ref", "properties", "anyOf", "oneOf", "allOf"})
 _QUOTE_OR_BRACKET = re.compile(r"[\"'\[\]{}]")
+_MARKER = re.compile(r"\[REDACTED(?::[a-z_]+)?\]")
 
 
 def _rust_clean_check(pattern: str) -> Callable[[str], bool] | None:
@@ -421,6 +429,22 @@ def _json_safe(text: str, span: Span) -> Span | None:
     return (start, end, kind) if end > start else None
 
 
+def _outside_markers(text: str, spans: list[Span]) -> list[Span]:
+    """Spans minus earlier masks, so redacting redacted text changes nothing (``https://[REDACTED:x]@``
+    must not read as a URL password)."""
+    markers = [m.span() for m in _MARKER.finditer(text)]
+    kept: list[Span] = []
+    for start, end, kind in spans:
+        for marker_start, marker_end in markers:
+            if marker_start < end and start < marker_end:
+                if start < marker_start:
+                    kept.append((start, marker_start, kind))
+                start = max(start, marker_end)
+        if start < end:
+            kept.append((start, end, kind))
+    return kept
+
+
 def _merge(spans: list[Span]) -> list[Span]:
     merged: list[Span] = []
     for start, end, kind in sorted(spans):
@@ -510,6 +534,8 @@ class Redactor:
             found.extend(_field_spans(text, lowered, in_json, truncated))
         if not found:
             return found
+        if "[REDACTED" in text:
+            found = _outside_markers(text, found)
         return _merge([s for s in (_json_safe(text, span) for span in found) if s is not None])
 
     def _marker(self, kind: str) -> str:

@@ -140,7 +140,9 @@ PLANTED: tuple[Planted, ...] = (
         f"DefaultEndpointsProtocol=https;AccountName=acme;AccountKey={AZURE_STORAGE};EndpointSuffix=core.windows.net",
         (AZURE_STORAGE[:40],),
     ),
-    Planted("azure_sas_url", f"https://acme.blob.core.windows.net/c/f?sv=2022-11-02&sig={SAS_SIGNATURE}", (SAS_SIGNATURE,)),
+    Planted(
+        "azure_sas_url", f"https://acme.blob.core.windows.net/c/f?sv=2022-11-02&sig={SAS_SIGNATURE}", (SAS_SIGNATURE,)
+    ),
     Planted("groq_key", f"GROQ_API_KEY is {GROQ}", (GROQ,)),
     Planted("databricks_token", f"token: {DATABRICKS}", (DATABRICKS,)),
     Planted("vault_token", f"VAULT_TOKEN={VAULT}", (VAULT,)),
@@ -189,7 +191,9 @@ PLANTED: tuple[Planted, ...] = (
     _field("yaml_config", "database:\n  user: app\n  password: {value}\n"),
     _field("prose_password", "my password: {value}"),
     _field("prose_api_key", "Your API key: {value}"),
-    _field("litellm_bad_request", "litellm.BadRequestError: OpenAIException - Error code: 400 - {'api_key': '{value}'}"),
+    _field(
+        "litellm_bad_request", "litellm.BadRequestError: OpenAIException - Error code: 400 - {'api_key': '{value}'}"
+    ),
 )
 """At least one entry per kind the issue lists; names are unique."""
 
@@ -286,7 +290,7 @@ _CODE = [
     "def verify(secret: bytes, digest: str) -> bool: ...",
     "ssh-keygen -t ed25519 -C 'me@example.com'",
     "print(f'{len(tokens)} tokens')",
-    "return {\"password\": password_field, \"remember\": True}",
+    'return {"password": password_field, "remember": True}',
 ]
 
 _URLS = [
@@ -321,7 +325,7 @@ def _innocent_json() -> list[dict[str, Any]]:
     return [
         {"tokens": 12, "max_tokens": 100, "token_count": "12", "author": "Jane Doe", "keyboard": "qwerty"},
         {"usage": {"prompt_tokens": 20, "completion_tokens": 10, "total_tokens": 30}},
-        {"name": "O'Brien", "title": "Mr", "note": "he said \"hi\""},
+        {"name": "O'Brien", "title": "Mr", "note": 'he said "hi"'},
         {"key": "color", "value": "red"},
         {"keys": ["a", "b"], "authors": ["x", "y"]},
         {"token_type": "bearer", "expires_in": 3600, "scope": "read"},

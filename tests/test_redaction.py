@@ -60,14 +60,17 @@ def test_the_planted_corpus_covers_the_issue() -> None:
 
 def test_masks_name_what_they_hide() -> None:
     redact = Redactor()
+    basic = "headers={'Authorization': 'Basic dXNlcjpwYXNz'}"
+    kwargs = "litellm.completion(api_key='abc123', model='x')"
+    fields = '{"client_secret": "c", "password": "p"}'
     cases = {
         f"my key is {KEY}.": "my key is [REDACTED:openai_key].",
         "Authorization: Bearer abc.def.ghi12345": "Authorization: Bearer [REDACTED:authorization]",
-        "headers={'Authorization': 'Basic dXNlcjpwYXNz'}": "headers={'Authorization': 'Basic [REDACTED:authorization]'}",
+        basic: "headers={'Authorization': 'Basic [REDACTED:authorization]'}",
         "https://h/x?api_key=abc123&b=1": "https://h/x?api_key=[REDACTED:api_key]&b=1",
-        "litellm.completion(api_key='abc123', model='x')": "litellm.completion(api_key='[REDACTED:api_key]', model='x')",
+        kwargs: "litellm.completion(api_key='[REDACTED:api_key]', model='x')",
         '{"x-api-key": "abc"}': '{"x-api-key": "[REDACTED:api_key]"}',
-        '{"client_secret": "c", "password": "p"}': '{"client_secret": "[REDACTED:secret]", "password": "[REDACTED:password]"}',
+        fields: '{"client_secret": "[REDACTED:secret]", "password": "[REDACTED:password]"}',
         "postgres://user:hunter2@db/x": "postgres://user:[REDACTED:url_password]@db/x",
         "password: hunter2": "password: [REDACTED:password]",
         "AKIAIOSFODNN7EXAMPLE": "[REDACTED:aws_access_key_id]",
@@ -112,8 +115,10 @@ def test_extra_patterns_callback_and_replacement() -> None:
 def test_forks_count_apart_and_compare_equal() -> None:
     shared = Redactor()
     first, second = resolve_settings(redact=shared).redact, resolve_settings(redact=shared).redact
-    assert isinstance(first, Redactor) and isinstance(second, Redactor)
-    assert first is not second and first == second == shared
+    assert isinstance(first, Redactor)
+    assert isinstance(second, Redactor)
+    assert first is not second
+    assert first == second == shared
     first(KEY)
     assert (first.masked, second.masked, shared.masked) == (1, 0, 0)
     assert Redactor(patterns=["x"]) != shared
@@ -174,7 +179,11 @@ _SNIPPETS = st.sampled_from(
         "-----BEGIN PRIVATE KEY-----\nabc",
     ]
 )
-_TEXT = st.one_of(st.text(max_size=30), _SNIPPETS, st.builds(lambda a, b, c: a + b + c, st.text(max_size=8), _SNIPPETS, st.text(max_size=8)))
+_TEXT = st.one_of(
+    st.text(max_size=30),
+    _SNIPPETS,
+    st.builds(lambda a, b, c: a + b + c, st.text(max_size=8), _SNIPPETS, st.text(max_size=8)),
+)
 _KEYS = st.one_of(
     st.sampled_from(["password", "api_key", "token", "secret", "credentials", "authorization", "X-Api-Key", "cookie"]),
     st.from_regex(r"[a-z_ ]{0,12}", fullmatch=True),
@@ -296,8 +305,10 @@ def test_only_a_window_past_the_cut_is_read(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(Redactor, "spans", spy)
     huge = ("lorem ipsum api_key=abc123 " * 200_000)[:5_000_000]
     recorded, size = bound_text(huge, 65536, Redactor())
-    assert size == 5_000_000 and utf8_size(recorded) <= 65536
-    assert seen and max(seen) <= 65536 + MARGIN
+    assert size == 5_000_000
+    assert utf8_size(recorded) <= 65536
+    assert seen
+    assert max(seen) <= 65536 + MARGIN
     assert "abc123" not in recorded
 
     hook_saw: list[int] = []
