@@ -35,6 +35,8 @@ __all__ = [
 _MAX_DEPTH = 64
 _SURROGATES = re.compile("[\ud800-\udfff]")
 _TRUNCATION_SUFFIX = "…[truncated]"
+_PLACEHOLDER_OPEN, _PLACEHOLDER_CLOSE = "\ue000", "\ue001"
+"""Private-use characters: no rule matches them, and JSON carries them unescaped."""
 
 _EVENT_NAMES = {role: wire.message_event_name(role) for role in wire.KNOWN_ROLES}
 
@@ -139,8 +141,10 @@ def bound_json(text: str, budget: int, redact: RedactHook | None) -> str:
     """`truncate_json` that masks secrets before anything is cut, reading little more than it keeps.
 
     Each string longer than the cut is masked in a window just past the cut (`bounded`), so a
-    secret straddling it is masked whole and one beyond it is never read; then the small result is
-    redacted as a whole, which finds secret-named fields whose values were cut.
+    secret straddling it is masked whole and one beyond it is never read. The rest of the message is
+    then redacted as a whole, each long string standing in as a short placeholder: that finds the
+    secret-named fields (a placeholder a field rule masks takes its string with it) without reading
+    the long strings twice.
     """
     if redact is None:
         return truncate_json(text, budget)
@@ -151,7 +155,13 @@ def bound_json(text: str, budget: int, redact: RedactHook | None) -> str:
     fitted = _fit_strings(value, budget)
     if fitted is None:
         return _head_as_json(text, budget, redact)
-    masked = redact(_dumps(_cut_strings(value, fitted[0], redact)))
+    heads: dict[str, str] = {}
+    if _PLACEHOLDER_OPEN in text:  # placeholders would be ambiguous: mask the cut strings in place
+        masked = redact(_dumps(_cut_strings(value, fitted[0], redact)))
+    else:
+        masked = redact(_dumps(_cut_strings(value, fitted[0], redact, heads)))
+        for placeholder, head in heads.items():
+            masked = masked.replace(placeholder, _dumps(head)[1:-1], 1)
     return masked if utf8_size(masked) <= budget else truncate_json(masked, budget)
 
 
@@ -189,15 +199,21 @@ def _longest_string(value: Any) -> int:
     return 0
 
 
-def _cut_strings(value: Any, limit: int, redact: RedactHook | None = None) -> Any:
+def _cut_strings(value: Any, limit: int, redact: RedactHook | None = None, heads: dict[str, str] | None = None) -> Any:
+    """Strings over ``limit`` cut (masked first when ``redact``); into ``heads`` behind placeholders."""
     if isinstance(value, str):
         if len(value) <= limit:
             return value
-        return redacted_head(value, limit, redact)[:limit] + _TRUNCATION_SUFFIX
+        head = (redacted_head(value, limit, redact) if redact is not None else value)[:limit] + _TRUNCATION_SUFFIX
+        if heads is None:
+            return head
+        placeholder = f"{_PLACEHOLDER_OPEN}{len(heads)}{_PLACEHOLDER_CLOSE}"
+        heads[placeholder] = head
+        return placeholder
     if isinstance(value, dict):
-        return {k: _cut_strings(v, limit, redact) for k, v in value.items()}
+        return {k: _cut_strings(v, limit, redact, heads) for k, v in value.items()}
     if isinstance(value, list):
-        return [_cut_strings(v, limit, redact) for v in value]
+        return [_cut_strings(v, limit, redact, heads) for v in value]
     return value
 
 

@@ -127,6 +127,7 @@ def test_forks_count_apart_and_compare_equal() -> None:
 def test_the_prefilter_is_the_rust_engine() -> None:
     """Without it every message would take the slow path; if pydantic_core ever stops searching
     (or is built without the Rust engine) the check below falls back, never lets a secret through."""
+    assert redaction_module._RUST
     assert redaction_module._clean is not redaction_module._never_clean
     assert redaction_module._clean("an ordinary sentence about tokens and keys.")
     assert not any(redaction_module._clean(p.text) for p in PLANTED)
