@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -59,19 +58,15 @@ def big_tool_message(megabytes: int, dense: bool = False) -> dict[str, Any]:
     return {"role": "tool", "tool_call_id": "call_big", "content": text}
 
 
+interleaved = bench_core.interleaved
+
+
 def timed(fn: Callable[[], Any], calls: int = 1) -> float:
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - start) / calls
+    def body() -> None:
+        for _ in range(calls):
+            fn()
 
-
-def interleaved(baseline: Callable[[], float], subject: Callable[[], float], rounds: int) -> tuple[float, float]:
-    base, subj = [], []
-    for _ in range(rounds):
-        base.append(baseline())
-        subj.append(subject())
-    return statistics.median(base), statistics.median(subj)
+    return bench_core.per_call(body, calls)
 
 
 def bench_typical(rounds: int) -> list[dict[str, Any]]:

@@ -29,7 +29,7 @@ from kiln_otel.error_messages import MAX_DESCRIPTION_BYTES
 from kiln_otel.fastapi import install_error_handler
 from kiln_otel.litellm import run_agent
 from kiln_otel.otlp_json import encode_otlp_json
-from kiln_otel.testing import ToolCall, Turn
+from kiln_otel.testing import ScriptedModelServer, ToolCall, Turn
 from tests.backends import Pipeline
 from tests.conftest import Tracing
 from tests.secret_corpus import OPENAI_PROJECT, PLANTED, leaks
@@ -148,6 +148,27 @@ def test_the_fastapi_500_body_and_the_server_log(tracing: Tracing, caplog: pytes
     assert_clean("server log", caplog.text)
 
 
+def agent_run(tracing: Tracing, server: ScriptedModelServer, handlers: dict[str, Any]) -> list[Any]:
+    """run_agent inside a traced run against the scripted server; the run's messages."""
+
+    async def main() -> list[Any]:
+        async with traced_run("agent", tracer_provider=tracing.provider) as run:
+            run.messages.append(USER)
+            kwargs = call_kwargs(server)
+            await run_agent(
+                kwargs.pop("model"),
+                run.messages,
+                tools=None,
+                tool_handlers=handlers,
+                max_tool_calls_per_turn=50,
+                tracer_provider=tracing.provider,
+                **kwargs,
+            )
+            return list(run.messages)
+
+    return asyncio.run(asyncio.wait_for(main(), 30))
+
+
 def test_run_agent_tool_spans(tracing: Tracing, serve: Serve) -> None:
     """Secrets in the model's tool arguments, in a tool's result, and in a tool's exception."""
     calls = [ToolCall("echo", {"text": p.text}) for p in PLANTED[:40]] + [ToolCall("leak", {})]
@@ -159,22 +180,7 @@ def test_run_agent_tool_spans(tracing: Tracing, serve: Serve) -> None:
     def leak() -> str:
         raise PermissionError(EXCEPTION_TEXT)
 
-    async def main() -> list[Any]:
-        async with traced_run("agent", tracer_provider=tracing.provider) as run:
-            run.messages.append(USER)
-            kwargs = call_kwargs(server)
-            await run_agent(
-                kwargs.pop("model"),
-                run.messages,
-                tools=None,
-                tool_handlers={"echo": echo, "leak": leak},
-                max_tool_calls_per_turn=50,
-                tracer_provider=tracing.provider,
-                **kwargs,
-            )
-            return list(run.messages)
-
-    messages = asyncio.run(asyncio.wait_for(main(), 30))
+    messages = agent_run(tracing, server, {"echo": echo, "leak": leak})
     tools = [s for s in tracing.spans() if s.name.startswith("execute_tool")]
     assert len(tools) == 41
     attributes = "\n".join(str(v) for s in tools for v in (s.attributes or {}).values())
@@ -225,20 +231,7 @@ def test_a_5mb_tool_result_is_bounded_and_marked(tracing: Tracing, serve: Serve)
     server = serve(Turn.tool_calls([ToolCall("dump", {})]), Turn.text("Done."))
     result = "r" * 5_000_000
 
-    async def main() -> None:
-        async with traced_run("dump", tracer_provider=tracing.provider) as run:
-            run.messages.append(USER)
-            kwargs = call_kwargs(server)
-            await run_agent(
-                kwargs.pop("model"),
-                run.messages,
-                tools=None,
-                tool_handlers={"dump": lambda: result},
-                tracer_provider=tracing.provider,
-                **kwargs,
-            )
-
-    asyncio.run(asyncio.wait_for(main(), 30))
+    agent_run(tracing, server, {"dump": lambda: result})
     tool = tracing.span("execute_tool dump")
     attributes = dict(tool.attributes or {})
     recorded = str(attributes[wire.ATTR_GEN_AI_TOOL_CALL_RESULT])
