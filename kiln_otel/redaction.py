@@ -28,7 +28,16 @@ from typing import Any
 from pydantic_core import SchemaValidator
 from pydantic_core import core_schema as cs
 
-from kiln_otel.secret_shapes import FIELD_TRIGGER, MAX_SHAPE_CHARS, SHAPES, Shape, field_kind, is_placeholder
+from kiln_otel.secret_shapes import (
+    FIELD_TRIGGER,
+    FIELD_WORDS,
+    MAX_SHAPE_CHARS,
+    SHAPES,
+    Shape,
+    cased,
+    field_kind,
+    is_placeholder,
+)
 
 __all__ = ["DEFAULT_REPLACEMENT", "MARGIN", "RedactHook", "RedactSetting", "Redactor", "resolve_redactor"]
 
@@ -41,7 +50,7 @@ MARGIN = 2 * MAX_SHAPE_CHARS
 RedactHook = Callable[[str], str]
 Span = tuple[int, int, str]
 
-_FIELD_GATE = f"(?i:{FIELD_TRIGGER})[A-Za-z0-9_.\\-]*\\\\*[\"']?[ \\t]*[:=]"
+_FIELD_GATE = cased(*FIELD_WORDS) + "[A-Za-z0-9_.\\-]*\\\\*[\"']?[ \\t]*[:=]"
 _FIELD = re.compile(FIELD_TRIGGER + r"(?P<rest>[a-z0-9_.\-]*)(?P<close>\\*[\"'])?[ \t]*(?P<sep>[:=])(?![=>:])")
 _SHAPES = tuple((shape, re.compile(shape.pattern)) for shape in SHAPES)
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")

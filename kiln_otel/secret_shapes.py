@@ -20,9 +20,11 @@ from dataclasses import dataclass
 
 __all__ = [
     "FIELD_TRIGGER",
+    "FIELD_WORDS",
     "MAX_SHAPE_CHARS",
     "SHAPES",
     "Shape",
+    "cased",
     "field_kind",
     "is_placeholder",
     "looks_random",
@@ -53,8 +55,14 @@ class Shape:
     def prefilter(self) -> str:
         if self.gate is not None:
             return self.gate
-        alternatives = "|".join(re.escape(literal) for literal in self.literals)
-        return f"(?i:{alternatives})" if self.ignore_case else alternatives
+        return cased(*self.literals) if self.ignore_case else "|".join(re.escape(word) for word in self.literals)
+
+
+def cased(*words: str) -> str:
+    """``word|Word|WORD`` rather than ``(?i:word)``: literals the Rust engine can prefilter with SIMD
+    (four times faster on a typical message); a word cased otherwise (``pAsSwOrD``) slips past."""
+    variants = dict.fromkeys(v for word in words for v in (word.lower(), word[:1].upper() + word[1:], word.upper()))
+    return "(?:" + "|".join(re.escape(v) for v in variants) + ")"
 
 
 def looks_random(token: str) -> bool:
@@ -148,7 +156,7 @@ SHAPES: tuple[Shape, ...] = (
         r"(?i:aws)[A-Za-z0-9_ .:=\"'/\-]{0,60}?(?<![A-Za-z0-9/+])(?P<secret>[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])",
         "aws",
         ignore_case=True,
-        gate=r"(?i:(?-u:\b)aws)",
+        gate=cased("aws"),
         check=_aws_secret,
         starts_token=False,
     ),
@@ -219,7 +227,7 @@ SHAPES: tuple[Shape, ...] = (
         gate=r"(?:hf_|api_org_)[A-Za-z0-9]{8}",
     ),
     _shape("mailgun_key", r"key-[0-9a-f]{32}", "key-", gate=r"key-[0-9a-f]{8}"),
-    _shape("mailchimp_key", r"[0-9a-f]{32}-us[0-9]{1,2}", "-us", gate=r"[0-9a-f]{4}-us[0-9]"),
+    _shape("mailchimp_key", r"[0-9a-f]{32}-us[0-9]{1,2}", "-us", gate=r"-us[0-9]"),
     _shape("shopify_token", r"shp(?:at|ca|pa|ss)_[a-fA-F0-9]{32}", "shpat_", "shpca_", "shppa_", "shpss_"),
     _shape("digitalocean_token", r"do[opr]_v1_[a-f0-9]{64}", "dop_v1_", "doo_v1_", "dor_v1_"),
     _shape("linear_key", r"lin_(?:api|oauth)_[A-Za-z0-9]{40}", "lin_api_", "lin_oauth_"),
@@ -284,7 +292,7 @@ SHAPES: tuple[Shape, ...] = (
         r"(?i:bearer)[ \t]+(?P<secret>[A-Za-z0-9._~+/=\-]{8,})",
         "bearer",
         ignore_case=True,
-        gate=r"(?i:bearer)[ \t]+[a-z]*[A-Z0-9._~+/=\-]",
+        gate=cased("bearer") + r"[ \t]+[a-z]*[A-Z0-9._~+/=\-]",
         check=_bearer,
     ),
     _shape(
@@ -292,13 +300,27 @@ SHAPES: tuple[Shape, ...] = (
         r"(?i:basic)[ \t]+(?P<secret>[A-Za-z0-9+/]{6,}={0,2})",
         "basic",
         ignore_case=True,
-        gate=r"(?i:basic)[ \t]+[a-z]*[A-Z0-9+/]",
+        gate=cased("basic") + r"[ \t]+[a-z]*[A-Z0-9+/]",
         check=_basic_credentials,
     ),
 )
 
 # --- field names ------------------------------------------------------------------------------------
-FIELD_TRIGGER = r"(?:pass|pwd|secret|token|key|auth|cookie|session|credential|creds|csrf|xsrf)"
+FIELD_WORDS = (
+    "pass",
+    "pwd",
+    "secret",
+    "token",
+    "key",
+    "auth",
+    "cookie",
+    "session",
+    "credential",
+    "creds",
+    "csrf",
+    "xsrf",
+)
+FIELD_TRIGGER = "(?:" + "|".join(FIELD_WORDS) + ")"
 """A secret field name holds one of these (lower case); the name is then judged word by word."""
 
 # Head words that make a field secret on their own (Sentry/Relay's denylist, spelled as words).
