@@ -271,3 +271,18 @@ def test_nothing_planted_reaches_the_collector_file_or_jaeger(pipeline: Pipeline
     assert rebuilt.trace is not None
     assert len(rebuilt.trace) == len(messages)
     assert_clean("reconstruct_error from Jaeger", rebuilt.model_dump_json())
+
+
+def test_the_payload_cuts_a_huge_message_as_its_event_was_cut(tracing: Tracing) -> None:
+    """ErrorWithTrace redacts then cuts like the events, so the app's payload equals the rebuilt one."""
+    huge = {"role": "tool", "tool_call_id": "c1", "content": "w" * 200_000 + f" {OPENAI_PROJECT} " + "v" * 10}
+    with pytest.raises(KilnRunError) as caught, traced_run("big", tracer_provider=tracing.provider) as run:
+        run.messages.extend([{"role": "user", "content": "go"}, huge])
+        raise RuntimeError("failed after the dump")
+    payload = caught.value.to_error_with_trace()
+    assert payload == reconstruct_error(tracing.spans())
+    assert payload.trace_complete is False
+    assert payload.trace is not None
+    assert payload.trace[1]["_kiln_otel"]["truncated"] is True
+    assert len(json.dumps(payload.trace[1])) < DEFAULT_MAX_MESSAGE_BYTES + 200
+    assert_clean("the payload", payload.model_dump_json())
