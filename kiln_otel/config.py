@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from kiln_otel._guard import logger
-from kiln_otel.redaction import RedactHook, RedactSetting, resolve_redactor
+from kiln_otel.redaction import RedactHook, Redactor, RedactSetting, resolve_redactor
 
 __all__ = [
     "DEFAULT_LIVE_EXPORT_DELAY_SECONDS",
@@ -124,10 +124,12 @@ def resolve_settings(
         raise ValueError(f"live_export_delay must be a finite number of seconds >= 0, got {live_export_delay}")
     message_bytes = max_message_bytes or _bytes_from_env(ENV_MAX_MESSAGE_BYTES, DEFAULT_MAX_MESSAGE_BYTES)
     span_bytes = max_span_bytes or _bytes_from_env(ENV_MAX_SPAN_BYTES, DEFAULT_MAX_SPAN_BYTES)
+    hook = resolve_redactor(redact)
     return Settings(
         capture_content=_capture_from_env() if capture_content is None else capture_content,
         max_message_bytes=message_bytes,
         max_span_bytes=max(span_bytes, message_bytes),
-        redact=resolve_redactor(redact),
+        # Each run counts what it masked, even when the app shares one Redactor between runs.
+        redact=hook.fork() if isinstance(hook, Redactor) else hook,
         live_export_delay=_delay_from_env() if live_export_delay is None else float(live_export_delay),
     )

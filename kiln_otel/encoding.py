@@ -15,13 +15,17 @@ from typing import Any
 import pydantic_core
 
 from kiln_otel import wire
+from kiln_otel.bounded import bound_text, redacted_head, utf8_size
 from kiln_otel.config import Settings
+from kiln_otel.redaction import RedactHook
 
 __all__ = [
     "EncodedMessage",
     "approximate_json",
+    "bound_json",
     "encode_message",
     "message_from_event",
+    "message_json",
     "message_role",
     "serialize",
     "to_jsonable",
@@ -31,6 +35,8 @@ __all__ = [
 _MAX_DEPTH = 64
 _SURROGATES = re.compile("[\ud800-\udfff]")
 _TRUNCATION_SUFFIX = "…[truncated]"
+_PLACEHOLDER_OPEN, _PLACEHOLDER_CLOSE = "\ue000", "\ue001"
+"""Private-use characters: no rule matches them, and JSON carries them unescaped."""
 
 _EVENT_NAMES = {role: wire.message_event_name(role) for role in wire.KNOWN_ROLES}
 
@@ -125,20 +131,62 @@ def truncate_json(text: str, budget: int) -> str:
         value = json.loads(text)
     except ValueError:
         value = text
+    fitted = _fit_strings(value, budget)
+    if fitted is not None:
+        return fitted[1]
+    return _head_as_json(text, budget, None)
+
+
+def bound_json(text: str, budget: int, redact: RedactHook | None) -> str:
+    """`truncate_json` that masks secrets before anything is cut, reading little more than it keeps.
+
+    Each string longer than the cut is masked in a window just past the cut (`bounded`), so a
+    secret straddling it is masked whole and one beyond it is never read. The rest of the message is
+    then redacted as a whole, each long string standing in as a short placeholder: that finds the
+    secret-named fields (a placeholder a field rule masks takes its string with it) without reading
+    the long strings twice.
+    """
+    if redact is None:
+        return truncate_json(text, budget)
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = text
+    fitted = _fit_strings(value, budget)
+    if fitted is None:
+        return _head_as_json(text, budget, redact)
+    heads: dict[str, str] = {}
+    if _PLACEHOLDER_OPEN in text:  # placeholders would be ambiguous: mask the cut strings in place
+        masked = redact(_dumps(_cut_strings(value, fitted[0], redact)))
+    else:
+        masked = redact(_dumps(_cut_strings(value, fitted[0], redact, heads)))
+        for placeholder, head in heads.items():
+            masked = masked.replace(placeholder, _dumps(head)[1:-1], 1)
+    return masked if utf8_size(masked) <= budget else truncate_json(masked, budget)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, allow_nan=True)
+
+
+def _fit_strings(value: Any, budget: int) -> tuple[int, str] | None:
+    """The longest string length that makes ``value`` fit ``budget`` bytes, with the JSON it gives."""
     low, high = 0, _longest_string(value)
     best = None
     while low <= high:
         mid = (low + high) // 2
-        candidate = json.dumps(_cut_strings(value, mid), ensure_ascii=False, allow_nan=True)
+        candidate = _dumps(_cut_strings(value, mid))
         if len(candidate.encode()) <= budget:
-            best, low = candidate, mid + 1
+            best, low = (mid, candidate), mid + 1
         else:
             high = mid - 1
-    if best is not None:
-        return best
-    # Even empty strings do not fit: the structure itself is too large. Keep a readable head.
-    head = text.encode()[: max(budget // 2, 0)].decode("utf-8", "ignore")
-    return json.dumps(head + _TRUNCATION_SUFFIX, ensure_ascii=False)
+    return best
+
+
+def _head_as_json(text: str, budget: int, redact: RedactHook | None) -> str:
+    """Even empty strings do not fit: the structure itself is too large. Keep a readable head."""
+    head, _ = bound_text(text, max(budget // 2, 0), redact)
+    return json.dumps(head, ensure_ascii=False)
 
 
 def _longest_string(value: Any) -> int:
@@ -151,13 +199,21 @@ def _longest_string(value: Any) -> int:
     return 0
 
 
-def _cut_strings(value: Any, limit: int) -> Any:
+def _cut_strings(value: Any, limit: int, redact: RedactHook | None = None, heads: dict[str, str] | None = None) -> Any:
+    """Strings over ``limit`` cut (masked first when ``redact``); into ``heads`` behind placeholders."""
     if isinstance(value, str):
-        return value if len(value) <= limit else value[:limit] + _TRUNCATION_SUFFIX
+        if len(value) <= limit:
+            return value
+        head = (redacted_head(value, limit, redact) if redact is not None else value)[:limit] + _TRUNCATION_SUFFIX
+        if heads is None:
+            return head
+        placeholder = f"{_PLACEHOLDER_OPEN}{len(heads)}{_PLACEHOLDER_CLOSE}"
+        heads[placeholder] = head
+        return placeholder
     if isinstance(value, dict):
-        return {k: _cut_strings(v, limit) for k, v in value.items()}
+        return {k: _cut_strings(v, limit, redact, heads) for k, v in value.items()}
     if isinstance(value, list):
-        return [_cut_strings(v, limit) for v in value]
+        return [_cut_strings(v, limit, redact, heads) for v in value]
     return value
 
 
@@ -200,16 +256,24 @@ def encode_message(message: Any, index: int, settings: Settings) -> EncodedMessa
         attributes[wire.ATTR_MESSAGE_CAPTURED] = False
         attributes[wire.ATTR_MESSAGE_SIZE] = len(raw)
         return event_name, attributes, 64
-    text = raw.decode()
-    if settings.redact is not None:
-        text = settings.redact(text)
-    size = len(text) if text.isascii() else len(text.encode())
-    if size > settings.max_message_bytes:
-        text = truncate_json(text, settings.max_message_bytes)
+    text, truncated = message_json(raw, settings.max_message_bytes, settings.redact)
+    if truncated:
         attributes[wire.ATTR_MESSAGE_TRUNCATED] = True
-        attributes[wire.ATTR_MESSAGE_SIZE] = size
+        attributes[wire.ATTR_MESSAGE_SIZE] = len(raw)
     attributes[wire.ATTR_MESSAGE_JSON] = text
-    return event_name, attributes, min(size, settings.max_message_bytes)
+    return event_name, attributes, min(len(raw), settings.max_message_bytes)
+
+
+def message_json(raw: bytes, budget: int, redact: RedactHook | None) -> tuple[str, bool]:
+    """A message's JSON as recorded: redacted, then cut under ``budget`` bytes; and whether it was cut."""
+    text = raw.decode()
+    if len(raw) > budget:
+        return bound_json(text, budget, redact), True
+    if redact is not None:
+        text = redact(text)
+        if len(text) > budget // 4 and utf8_size(text) > budget:  # its masks made it longer than the budget
+            return truncate_json(text, budget), True
+    return text, False
 
 
 def _role_from_event(name: str, attributes: Mapping[str, Any]) -> str | None:

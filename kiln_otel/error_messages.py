@@ -2,8 +2,9 @@
 
 Classes are matched by name along the exception's MRO (most specific first), restricted to the
 litellm and openai modules, so this works without importing litellm and keeps working when litellm
-moves a class between its modules. Provider text is only ever shown after redaction: litellm puts
-the request (messages, api_base, sometimes keys) into its exception text.
+moves a class between its modules. Provider text is only ever shown after redaction, and redacted
+before it is cut (a cut can leave half a key no pattern recognises): litellm puts the request
+(messages, api_base, sometimes keys) into its exception text.
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ import re
 from collections.abc import Callable
 
 from kiln_otel._guard import report_internal_error
+from kiln_otel.bounded import bound_text
 from kiln_otel.errors import KilnRunError
-from kiln_otel.redaction import RedactSetting, resolve_redactor
+from kiln_otel.redaction import RedactHook, RedactSetting, resolve_redactor
 
-__all__ = ["GENERIC_MESSAGE", "format_error_message", "safe_text"]
+__all__ = ["GENERIC_MESSAGE", "MAX_DESCRIPTION_BYTES", "format_error_message", "safe_text"]
 
 GENERIC_MESSAGE = "An unexpected error occurred."
+MAX_DESCRIPTION_BYTES = 2048
+"""The user-facing message (and a span's status description) is cut to this: it is a summary."""
 _PROVIDER_TEXT_LIMIT = 300
 _UNAVAILABLE = "The model provider is currently unavailable. Try again in a moment."
 _CONNECTION = "Could not connect to the model provider. Check your network connection."
@@ -64,11 +68,9 @@ def safe_text(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-def _provider_text(exc: BaseException) -> str:
+def _provider_text(exc: BaseException, redact: RedactHook | None) -> str:
     text = _PROVIDER_PREFIX.sub("", safe_text(exc).strip(), count=1)
-    if len(text) > _PROVIDER_TEXT_LIMIT:
-        text = text[:_PROVIDER_TEXT_LIMIT] + "…"
-    return text
+    return bound_text(text, _PROVIDER_TEXT_LIMIT, redact)[0]
 
 
 def _builtin_message(cls: type, exc: BaseException) -> str | None:
@@ -86,13 +88,13 @@ def _builtin_message(cls: type, exc: BaseException) -> str | None:
     return None
 
 
-def _unredacted_message(exc: BaseException) -> str:
+def _message(exc: BaseException, redact: RedactHook | None) -> str:
     if isinstance(exc, KilnRunError):
         return exc.message
     for cls in type(exc).__mro__:
         rule = _PROVIDER_RULES.get(cls.__name__)
         if rule is not None and cls.__module__.startswith(_PROVIDER_MODULES):
-            return rule(exc, _provider_text(exc))
+            return rule(exc, _provider_text(exc, redact))
         builtin = _builtin_message(cls, exc)
         if builtin is not None:
             return builtin
@@ -100,11 +102,13 @@ def _unredacted_message(exc: BaseException) -> str:
 
 
 def format_error_message(exc: BaseException, *, redact: RedactSetting = "default") -> str:
-    """The user-facing message for a failed run; never raises, never shows an unredacted secret."""
+    """The user-facing message for a failed run; never raises, never shows an unredacted secret.
+
+    At most `MAX_DESCRIPTION_BYTES`: a 3 MB exception message is cut (after redaction), marked.
+    """
     hook = resolve_redactor(redact)
     try:
-        message = _unredacted_message(exc)
-        return hook(message) if hook is not None else message
+        return bound_text(_message(exc, hook), MAX_DESCRIPTION_BYTES, hook)[0]
     except Exception as internal:
         report_internal_error("format_error_message", internal)
         return GENERIC_MESSAGE

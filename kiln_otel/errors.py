@@ -81,6 +81,8 @@ class KilnRunError(Exception):
         self.span_id = span_id
         self.redact: Any = "default"
         """The redaction the run used; `to_error_with_trace` applies the same one by default."""
+        self.max_message_bytes: int | None = None
+        """The run's per-message budget: `to_error_with_trace` cuts messages as the run's events did."""
 
     @property
     def error_type(self) -> str:

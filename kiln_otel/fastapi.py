@@ -16,8 +16,9 @@ The ``traceparent`` header (``00-{trace_id}-{span_id}-01``) names the failed run
 browser tool can jump to it without parsing the body.
 
 What never leaves the process: the original exception (it is logged on the ``kiln_otel`` logger at
-ERROR with its stack, the text passed through the same redaction hook) and any secret the hook masks:
-it runs over the message and over every message of the trace before the body is rendered.
+ERROR with its stack, the text passed through the same redaction hook, then cut like the exception
+event's) and any secret the hook masks: it runs over the message and over every message of the trace
+before the body is rendered, and before anything is cut.
 
 The payload bound (``max_payload_bytes``, default 1 MiB; the rendered body never exceeds it).
 A 10 MB trace in a 500 would freeze the browser that shows it, and the part that explains a failure
@@ -51,7 +52,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-import traceback
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -61,11 +61,14 @@ from pydantic import BaseModel
 
 from kiln_otel import wire
 from kiln_otel._guard import logger, report_internal_error
+from kiln_otel.bounded import bound_text
+from kiln_otel.config import DEFAULT_MAX_MESSAGE_BYTES
 from kiln_otel.encoding import message_role, truncate_json
-from kiln_otel.error_messages import GENERIC_MESSAGE
+from kiln_otel.error_messages import GENERIC_MESSAGE, MAX_DESCRIPTION_BYTES
 from kiln_otel.errors import KilnRunError
 from kiln_otel.payload import ErrorWithTrace, trace_as_json_data
 from kiln_otel.redaction import RedactHook, RedactSetting, resolve_redactor
+from kiln_otel.span_errors import bounded_stacktrace
 
 try:
     from starlette.applications import Starlette
@@ -277,14 +280,14 @@ class _Options:
         """The run's own redaction first (so the trace equals its telemetry), then this hook on top."""
         payload = err.to_error_with_trace().model_dump()
         hook = self.redact
-        if hook is not None and hook is not err.redact:
-            payload["message"] = hook(payload["message"])
+        if hook is not None and hook != err.redact:
+            payload["message"] = self.redacted_message(err)
             payload["trace"] = trace_as_json_data(payload["trace"], hook) if payload["trace"] else None
         return _bound({**payload, **self.trace_url(err)}, self.max_payload_bytes)
 
     def redacted_message(self, err: KilnRunError) -> str:
         message = err.message if isinstance(err.message, str) else GENERIC_MESSAGE
-        return message if self.redact is None else self.redact(message)
+        return bound_text(message, MAX_DESCRIPTION_BYTES, self.redact)[0]
 
     def minimal(self, err: KilnRunError) -> dict[str, Any]:
         """The body when building the real one failed: still a valid ErrorWithTrace, with no trace."""
@@ -304,11 +307,8 @@ class _Options:
 
     def log(self, err: KilnRunError) -> None:
         """The stack stays on the server; the hook masks secrets in its text as it does in the body."""
-        original = err.original
-        stack = "".join(traceback.format_exception(type(original), original, original.__traceback__))
+        stack, _ = bounded_stacktrace(err.original, DEFAULT_MAX_MESSAGE_BYTES, self.redact)
         message = self.redacted_message(err)
-        if self.redact is not None:
-            stack = self.redact(stack)
         logger.error(
             "kiln-otel: run failed (trace_id=%s span_id=%s): %s\n%s",
             err.trace_id,

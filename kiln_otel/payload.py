@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, field_validator
 
+from kiln_otel import wire
 from kiln_otel._guard import report_internal_error
-from kiln_otel.encoding import serialize
+from kiln_otel.config import DEFAULT_MAX_MESSAGE_BYTES
+from kiln_otel.encoding import message_json, serialize
 from kiln_otel.redaction import RedactHook, RedactSetting, resolve_redactor
 
 if TYPE_CHECKING:
@@ -42,24 +44,41 @@ class ErrorWithTrace(BaseModel):
         return trace_as_json_data(trace) or None
 
 
-def _jsonable(message: Any, hook: RedactHook | None) -> Any:
+def _jsonable(message: Any, hook: RedactHook | None, budget: int | None) -> tuple[Any, bool]:
+    """The message as its event carries it: redacted, and cut to ``budget`` (marked) when given."""
     raw, _ = serialize(message)
-    if hook is None:
-        return json.loads(raw)
-    return json.loads(hook(raw.decode()))
+    if budget is None:
+        return json.loads(hook(raw.decode()) if hook is not None else raw), False
+    text, truncated = message_json(raw, budget, hook)
+    value = json.loads(text)
+    if truncated and isinstance(value, dict):
+        value[wire.MARKER_KEY] = {"truncated": True, "original_size": len(raw)}
+    return value, truncated
 
 
-def trace_as_json_data(trace: Sequence[Any], redact: RedactSetting = None) -> list[Any]:
-    """Messages (dicts, litellm ``Message`` objects, anything) as the JSON data their events carry."""
-    hook = resolve_redactor(redact)
-    return [_jsonable(message, hook) for message in trace]
+def trace_as_json_data(
+    trace: Sequence[Any], redact: RedactSetting = None, max_message_bytes: int | None = None
+) -> list[Any]:
+    """Messages (dicts, litellm ``Message`` objects, anything) as the JSON data their events carry.
+
+    With ``max_message_bytes``, a message over it is cut as `kiln_otel.encoding.encode_message` cuts
+    its event, and marked as `reconstruct_trace` marks it, so the payload equals the rebuilt trace.
+    """
+    return _redacted_trace(trace, resolve_redactor(redact), max_message_bytes)[0]
+
+
+def _redacted_trace(trace: Sequence[Any], hook: RedactHook | None, budget: int | None) -> tuple[list[Any], bool]:
+    messages = [_jsonable(message, hook, budget) for message in trace]
+    return [m for m, _ in messages], any(cut for _, cut in messages)
 
 
 def error_with_trace(error: KilnRunError, *, redact: RedactSetting = "default") -> ErrorWithTrace:
     trace = None
+    truncated = False
     try:
         if error.partial_trace:
-            trace = trace_as_json_data(error.partial_trace, redact)
+            budget = getattr(error, "max_message_bytes", None) or DEFAULT_MAX_MESSAGE_BYTES
+            trace, truncated = _redacted_trace(error.partial_trace, resolve_redactor(redact), budget)
     except Exception as exc:
         report_internal_error("error_with_trace", exc)
         trace = None
@@ -69,4 +88,5 @@ def error_with_trace(error: KilnRunError, *, redact: RedactSetting = "default") 
         trace=trace,
         trace_id=error.trace_id,
         span_id=error.span_id,
+        trace_complete=not truncated,
     )

@@ -34,6 +34,7 @@ from kiln_otel import _flusher, wire
 from kiln_otel._guard import report_internal_error
 from kiln_otel.config import Settings
 from kiln_otel.encoding import encode_message
+from kiln_otel.redaction import masked_count
 
 __all__ = ["RUN_SPAN_RESERVED_EVENTS", "Recorder"]
 
@@ -246,5 +247,8 @@ class Recorder:
                     wire.ATTR_MESSAGES_LOSSY: self.lossy,
                 }
             )
+            masked = masked_count(self.settings.redact)
+            if masked is not None:
+                self._run_span.set_attribute(wire.ATTR_REDACTION_MASKED, masked)
         except Exception as exc:
             report_internal_error("Recorder.close", exc)

@@ -202,6 +202,7 @@ class TracedRun:
             return exc
         error = KilnRunError(message, self.messages, exc, trace_id=self.trace_id, span_id=self.span_id)
         error.redact = self.settings.redact
+        error.max_message_bytes = self.settings.max_message_bytes
         return error
 
     def _failure_message(self, exc: BaseException) -> str:
@@ -243,7 +244,10 @@ class TracedRun:
     def _record_error(self, exc: BaseException, message: str) -> None:
         try:
             original = exc.original if isinstance(exc, KilnRunError) else exc
-            record_failure(self.span, original, self.settings.redact, message or GENERIC_MESSAGE)
+            settings = self.settings
+            record_failure(
+                self.span, original, settings.redact, message or GENERIC_MESSAGE, max_bytes=settings.max_message_bytes
+            )
             source = self._nested_source(exc)
             if source is not None:
                 self.span.set_attribute(wire.ATTR_ERROR_SPAN_ID, source)

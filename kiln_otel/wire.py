@@ -56,6 +56,7 @@ __all__ = [
     "ATTR_MESSAGE_TOOL_CALL_IDS",
     "ATTR_MESSAGE_TOOL_NAMES",
     "ATTR_MESSAGE_TRUNCATED",
+    "ATTR_REDACTION_MASKED",
     "ATTR_RUN_NAME",
     "ATTR_RUN_PARENT_SPAN_ID",
     "ATTR_SCHEMA_VERSION",
@@ -66,6 +67,7 @@ __all__ = [
     "ATTR_SERVER_ADDRESS",
     "ATTR_SERVER_PORT",
     "ATTR_STREAM_ABANDONED",
+    "ATTR_TRUNCATED",
     "ATTR_USAGE_ESTIMATED",
     "DURATION_BUCKETS",
     "EVENT_EXCEPTION",
@@ -121,6 +123,12 @@ ATTR_SEGMENTS: Final = "kiln_otel.segments"
 """On the run span at its end: how many segment spans were written."""
 ATTR_MESSAGES_TRUNCATED: Final = "kiln_otel.messages.truncated"
 ATTR_MESSAGES_LOSSY: Final = "kiln_otel.messages.lossy"
+ATTR_REDACTION_MASKED: Final = "kiln_otel.redaction.masked"
+"""On the run span at its end: values the client-side `Redactor` masked during the run (messages,
+exception text, tool spans), so an operator sees that redaction worked without seeing a secret."""
+ATTR_TRUNCATED: Final = "kiln_otel.truncated"
+"""On a span or event: the keys of its attributes that kiln-otel cut to their byte budget (each cut
+value ends with ``…[truncated, N bytes]``, N the original size)."""
 
 ATTR_ERROR_SPAN_ID: Final = "kiln_otel.error.span_id"
 """On a run that failed because a nested run's error passed through it: that run's span id, so the

@@ -87,7 +87,7 @@ def test_bad_request_and_not_found_show_redacted_provider_text() -> None:
     assert message.startswith("The model provider rejected the request: ")
     assert "Invalid 'tools[0]'" in message
     assert "sk-proj-ABCDEFGHIJKLMNOPQRSTUV" not in message
-    assert "[REDACTED]" in message
+    assert "[REDACTED:openai_key]" in message
     not_found = format_error_message(provider_error(litellm.NotFoundError, message="model gpt-9 does not exist"))
     assert not_found.startswith("The model or endpoint was not found.")
     assert "gpt-9" in not_found
@@ -108,7 +108,7 @@ def test_long_provider_text_is_bounded() -> None:
 
 
 def test_own_text_is_redacted_too() -> None:
-    assert format_error_message(ValueError("api_key=supersecretvalue")) == "api_key=[REDACTED]"
+    assert format_error_message(ValueError("api_key=supersecretvalue")) == "api_key=[REDACTED:api_key]"
     assert format_error_message(ValueError("api_key=supersecretvalue"), redact=None) == "api_key=supersecretvalue"
 
 

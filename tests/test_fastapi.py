@@ -208,12 +208,12 @@ def test_secrets_leave_neither_in_the_body_nor_in_server_logs(
     with serve(fastapi_app(tracing)) as client:
         response = client.post("/runs/secret")
     raw = response.content.decode()
-    assert "[REDACTED]" in raw
+    assert "[REDACTED:" in raw
     logged = [r for r in caplog.records if r.name == "kiln_otel"]
     assert len(logged) == 1
     log_text = caplog.text
     assert "Traceback (most recent call last)" in log_text
-    assert "RuntimeError: provider rejected [REDACTED]" in log_text
+    assert "RuntimeError: provider rejected [REDACTED:openai_key]" in log_text
     assert run_span_ids(tracing)[0] in log_text
     for secret in SECRETS:
         assert secret not in raw
@@ -302,7 +302,7 @@ def test_handler_that_cannot_build_the_body_still_answers(
     assert set(body) == BASE_KEYS
     assert body["trace"] is None
     assert body["trace_complete"] is False
-    assert body["message"].startswith("provider rejected [REDACTED]")
+    assert body["message"].startswith("provider rejected [REDACTED:openai_key]")
     assert ErrorWithTrace.model_validate(body).error_type == "RuntimeError"
     assert "payload builder bug" in caplog.text
 

@@ -125,7 +125,7 @@ def test_captured_tool_content_is_redacted(tracing: Tracing, serve: Serve) -> No
     server = serve(Turn.tool_calls([leaky]), Turn.text("Sunny."))
     agent(tracing, server)
     attributes = tracing.span("execute_tool get_weather").attributes or {}
-    assert "[REDACTED]" in str(attributes[wire.ATTR_GEN_AI_TOOL_CALL_ARGUMENTS])
+    assert "[REDACTED:" in str(attributes[wire.ATTR_GEN_AI_TOOL_CALL_ARGUMENTS])
     assert PLANTED_KEY not in exported_text(tracing.spans())
 
 
@@ -212,7 +212,7 @@ def test_a_handler_error_text_is_redacted_in_the_tool_message(tracing: Tracing, 
     server = serve(Turn.tool_calls([WEATHER]), Turn.text("Sorry."))
     _, messages = agent(tracing, server, tool_handlers={"get_weather": leaky})
     assert PLANTED_KEY not in json.dumps(messages[2])
-    assert "[REDACTED]" in messages[2]["error_message"]
+    assert "[REDACTED:" in messages[2]["error_message"]
     assert PLANTED_KEY not in json.dumps(server.requests[1])
     assert PLANTED_KEY not in exported_text(tracing.spans())
 

@@ -23,6 +23,7 @@ from opentelemetry.util.types import AttributeValue
 
 from kiln_otel import wire
 from kiln_otel._guard import report_internal_error
+from kiln_otel.bounded import bound_text
 from kiln_otel.config import Settings, resolve_settings
 from kiln_otel.encoding import _field, serialize
 from kiln_otel.error_messages import safe_text
@@ -152,8 +153,9 @@ class _ToolRunner:
         arguments = _field(function, "arguments")
         span = self._start_span(call_id, name)
         token = otel_context.attach(trace.set_span_in_context(span))
+        cut: list[str] = []
         try:
-            self._capture(span, wire.ATTR_GEN_AI_TOOL_CALL_ARGUMENTS, arguments)
+            self._capture(span, wire.ATTR_GEN_AI_TOOL_CALL_ARGUMENTS, arguments, cut)
             try:
                 handler, parsed = self._resolve(name, arguments)
             except ValueError as exc:
@@ -163,10 +165,12 @@ class _ToolRunner:
             except Exception as exc:
                 return self._failure(span, call_id, exc, f"Tool {name!r} raised {type(exc).__name__}: {safe_text(exc)}")
             content = result if isinstance(result, str) else serialize(result)[0].decode()
-            self._capture(span, wire.ATTR_GEN_AI_TOOL_CALL_RESULT, content)
+            self._capture(span, wire.ATTR_GEN_AI_TOOL_CALL_RESULT, content, cut)
             return _Outcome({"role": "tool", "tool_call_id": call_id, "content": content})
         finally:
             otel_context.detach(token)
+            if cut:
+                span.set_attribute(wire.ATTR_TRUNCATED, tuple(cut))
             span.end()
 
     def _start_span(self, call_id: str, name: str) -> Span:
@@ -186,24 +190,27 @@ class _ToolRunner:
             raise ValueError(f"Unknown tool {name!r}. Available tools: {available}.")
         return handler, _parse_arguments(name, arguments)
 
-    def _capture(self, span: Span, key: str, value: object) -> None:
-        """Opt-in content: only when the run captures content, and redacted like its events."""
+    def _capture(self, span: Span, key: str, value: object, cut: list[str]) -> None:
+        """Opt-in content: only when the run captures content; redacted, then cut to the message budget
+        (a 5 MB tool result must not make the span too large to export)."""
         if not self._settings.capture_content or not isinstance(value, str):
             return
         try:
-            redact = self._settings.redact
-            span.set_attribute(key, redact(value) if redact is not None else value)
+            text, size = bound_text(value, self._settings.max_message_bytes, self._settings.redact)
+            span.set_attribute(key, text)
+            if size is not None:
+                cut.append(key)
         except Exception as exc:
             report_internal_error("run_agent tool capture", exc)
 
     def _failure(self, span: Span, call_id: str, exc: Exception, text: str) -> _Outcome:
         """The tool message that answers a failed call, so the model (or the trace reader) sees why."""
-        redact = self._settings.redact
+        settings = self._settings
         try:
-            record_failure(span, exc, redact)
+            record_failure(span, exc, settings.redact, max_bytes=settings.max_message_bytes)
         except Exception as internal:
             report_internal_error("run_agent tool failure", internal)
-        text = redact(text) if redact is not None else text
+        text, _ = bound_text(text, settings.max_message_bytes, settings.redact)
         message = {
             "role": "tool",
             "tool_call_id": call_id,
