@@ -443,19 +443,25 @@ def test_malformed_sources_say_what_was_expected_and_found(source: object, words
         assert word in str(raised.value)
 
 
-def test_truncated_json_line_names_the_line(spans: tuple[ReadableSpan, ...]) -> None:
-    with pytest.raises(MalformedTelemetryError, match="line 2 is not JSON") as raised:
-        load_spans(truncated_lines(spans))
-    assert isinstance(raised.value.__cause__, json.JSONDecodeError)
+def test_a_torn_line_is_skipped_and_reported_the_rest_kept(spans: tuple[ReadableSpan, ...]) -> None:
+    loaded = load_spans(truncated_lines(spans))
+    assert loaded == [expected_record(spans[0])]
+    [skipped] = loaded.skipped
+    assert skipped.number == 2
+    assert "not JSON" in skipped.reason
+    torn_after_its_trace_id = json.dumps(encode_otlp_json(spans[1:2])).split('"spanId"')[0]
+    [skipped] = load_spans(otlp_lines(spans[:1]) + torn_after_its_trace_id).skipped
+    assert skipped.trace_ids == {expected_record(spans[1]).trace_id}
 
 
-def test_malformed_file_names_the_file(spans: tuple[ReadableSpan, ...], tmp_path: Path) -> None:
-    path = write(tmp_path / "bad.jsonl", truncated_lines(spans))
-    with pytest.raises(MalformedTelemetryError, match=r"bad\.jsonl: .*line 2"):
+def test_a_source_with_nothing_readable_names_the_line(tmp_path: Path) -> None:
+    path = write(tmp_path / "bad.jsonl", '{"resourceSpans": [\n{"torn": \n')
+    with pytest.raises(MalformedTelemetryError, match=r"bad\.jsonl: .*line 1 is not readable") as raised:
         load_spans(path)
-    with pytest.raises(MalformedTelemetryError, match="could not read") as raised:
+    assert isinstance(raised.value.__cause__, MalformedTelemetryError)
+    with pytest.raises(MalformedTelemetryError, match="could not read") as missing:
         load_spans(tmp_path / "missing.jsonl")
-    assert isinstance(raised.value.__cause__, FileNotFoundError)
+    assert isinstance(missing.value.__cause__, FileNotFoundError)
 
 
 def test_readable_spans_mixed_with_other_items(spans: tuple[ReadableSpan, ...]) -> None:
