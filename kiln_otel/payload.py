@@ -17,6 +17,7 @@ from pydantic import BaseModel, field_validator
 from kiln_otel._guard import report_internal_error
 from kiln_otel.encoding import serialize
 from kiln_otel.redaction import RedactHook, RedactSetting, resolve_redactor
+from kiln_otel.wire import MARKER_KEY
 
 if TYPE_CHECKING:
     from kiln_otel.errors import KilnRunError
@@ -43,16 +44,22 @@ class ErrorWithTrace(BaseModel):
 
 
 def _jsonable(message: Any, hook: RedactHook | None) -> Any:
-    raw, _ = serialize(message)
-    if hook is None:
-        return json.loads(raw)
-    return json.loads(hook(raw.decode()))
+    """The message as its event carries it; one that had to be approximated is marked as reconstruction marks it."""
+    raw, lossy = serialize(message)
+    value = json.loads(raw) if hook is None else json.loads(hook(raw.decode()))
+    if lossy and isinstance(value, dict):
+        value[MARKER_KEY] = {"lossy": True}
+    return value
 
 
 def trace_as_json_data(trace: Sequence[Any], redact: RedactSetting = None) -> list[Any]:
     """Messages (dicts, litellm ``Message`` objects, anything) as the JSON data their events carry."""
     hook = resolve_redactor(redact)
     return [_jsonable(message, hook) for message in trace]
+
+
+def _marked(trace: Sequence[Any] | None) -> bool:
+    return any(isinstance(message, dict) and MARKER_KEY in message for message in trace or ())
 
 
 def error_with_trace(error: KilnRunError, *, redact: RedactSetting = "default") -> ErrorWithTrace:
@@ -69,4 +76,5 @@ def error_with_trace(error: KilnRunError, *, redact: RedactSetting = "default") 
         trace=trace,
         trace_id=error.trace_id,
         span_id=error.span_id,
+        trace_complete=not _marked(trace),
     )
