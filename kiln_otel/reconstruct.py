@@ -349,6 +349,10 @@ def reconstruct_trace(
     """
     wanted = _normalize_id(trace_id, 32)
     spans = _as_records(source, wanted)
+    if wanted is not None and not any(span.trace_id == wanted for span in spans):
+        unread = [line.number for line in getattr(spans, "skipped", ()) if wanted in line.trace_ids]
+        hint = f" (line {unread[0]}, which mentions it, could not be read)" if unread else ""
+        raise TraceNotFoundError(f"no span with trace id {wanted} in the telemetry{hint}")
     run = find_run(spans, wanted, _normalize_id(span_id, 16))
     events, run_spans = _list_events(run, spans)
     ordered, issues = _sequence(events)
