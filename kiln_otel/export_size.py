@@ -66,12 +66,12 @@ def split_requests(spans: Sequence[ReadableSpan], max_bytes: int) -> list[list[R
     current: list[ReadableSpan] = []
     used = 0
     for span, size in _by_trace(spans, sizes):
-        if size > max_bytes:
-            requests.append([fit_span(span, max_bytes)])
-            continue
         if current and used + size > max_bytes:
             requests.append(current)
             current, used = [], 0
+        if size > max_bytes:
+            requests.append([fit_span(span, max_bytes)])
+            continue
         current.append(span)
         used += size
     if current:

@@ -328,6 +328,22 @@ def _gaps(seqs: Sequence[int], run: SpanRecord, spans: list[SpanRecord]) -> list
     return issues
 
 
+def _without_copies(spans: list[SpanRecord]) -> list[SpanRecord]:
+    """The same span delivered twice (an export retried after a timeout that had in fact succeeded) counts once.
+
+    Only exact copies go: two different spans under one id are both kept, and the replay names what
+    they disagree on.
+    """
+    seen: dict[tuple[str, str], list[SpanRecord]] = {}
+    unique = LoadedSpans(skipped=getattr(spans, "skipped", ()))
+    for span in spans:
+        same_id = seen.setdefault((span.trace_id, span.span_id), [])
+        if span not in same_id:
+            same_id.append(span)
+            unique.append(span)
+    return unique
+
+
 def _skipped_lines(spans: Sequence[SpanRecord], run: SpanRecord) -> list[str]:
     """Lines of the source that could not be read and mention this trace, or no trace at all."""
     return [
@@ -348,7 +364,7 @@ def reconstruct_trace(
     ``trace_id``, a JSON Lines file is streamed and only that trace's lines are parsed.
     """
     wanted = _normalize_id(trace_id, 32)
-    spans = _as_records(source, wanted)
+    spans = _without_copies(_as_records(source, wanted))
     if wanted is not None and not any(span.trace_id == wanted for span in spans):
         unread = [line.number for line in getattr(spans, "skipped", ()) if wanted in line.trace_ids]
         hint = f" (line {unread[0]}, which mentions it, could not be read)" if unread else ""
