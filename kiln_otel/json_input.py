@@ -18,7 +18,8 @@ MAX_DEPTH = 512
 """Deeper than anything kiln-otel writes (OTLP/JSON is ~15 levels, pydantic refuses to write past ~255)."""
 
 _NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"[]{}')
-_OPENERS = frozenset(b"[{")
+_OPENER = ord("[")
+_ONE_KIND = bytes.maketrans(b"{}", b"[]")
 _REDUCTION_PASSES = 16
 _CHUNK = 1 << 20
 
@@ -47,15 +48,20 @@ def loads(data: str | bytes, *, max_depth: int = MAX_DEPTH) -> Any:
 
 
 def nesting_depth(data: bytes, stop_above: int) -> int:
-    """How deeply brackets nest outside strings, or some number above ``stop_above`` once past it.
+    """Above ``stop_above`` exactly when brackets nest deeper than that outside strings.
+
+    The figure is the depth itself, except that counting stops just past ``stop_above``, and that
+    input with no more brackets than ``stop_above`` is not scanned (its bracket count is returned).
 
     Escaped backslashes and quotes are dropped first (so ``\\"`` cannot end a string), then all but
-    quotes and brackets, then strings, all at C speed; each pass that removes innermost ``[]`` and
-    ``{}`` pairs takes one level off, and only what is left is walked in Python. On invalid JSON the
-    figure can be too high, never too low for the part a parser reads before it fails.
+    quotes and brackets, then strings, all at C speed; each pass that removes the innermost pairs
+    (of either kind: a parser stops at the first mismatch anyway) takes exactly one level off, and
+    only what is left is walked in Python. On invalid JSON the figure can be too high, never too
+    low for the part a parser reads before it fails.
     """
-    if data.count(b"[") + data.count(b"{") <= stop_above:
-        return 0
+    openers = data.count(b"[") + data.count(b"{")
+    if openers <= stop_above:
+        return openers
     # Dropping an adjacent pair of quotes leaves every other byte on the same side of a string.
     structure = data.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _NOT_STRUCTURE)
     structure = structure.replace(b'""', b"")
@@ -64,16 +70,16 @@ def nesting_depth(data: bytes, stop_above: int) -> int:
         pieces = structure[start : start + _CHUNK].split(b'"')
         parts.append(b"".join(pieces[in_string::2]))
         in_string ^= len(pieces) % 2 == 0
-    brackets = b"".join(parts)
+    brackets = b"".join(parts).translate(_ONE_KIND)  # depth does not care which kind of bracket
     passes = 0
     while passes < _REDUCTION_PASSES:
-        shorter = brackets.replace(b"[]", b"").replace(b"{}", b"")
+        shorter = brackets.replace(b"[]", b"")
         if len(shorter) == len(brackets):
             break
         brackets, passes = shorter, passes + 1
     depth = deepest = passes
     for byte in brackets:
-        if byte in _OPENERS:
+        if byte == _OPENER:
             depth += 1
             if depth > deepest:
                 deepest = depth

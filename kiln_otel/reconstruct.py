@@ -152,6 +152,14 @@ def _int(value: object) -> int:
     return number
 
 
+def _attribute_int(attributes: Mapping[str, Any], key: str) -> int:
+    """``attributes[key]`` as an int64; the ValueError names the attribute."""
+    try:
+        return _int(attributes[key])
+    except ValueError as err:
+        raise ValueError(f"{key} {err}") from err
+
+
 def _count(value: object, what: str) -> tuple[int | None, str | None]:
     """A non-negative integer, or None and the issue naming why not."""
     try:
@@ -241,15 +249,15 @@ def _apply(messages: list[Any], seq: int, event: EventRecord, lossy: Counter[str
             lossy[mark] += mark != "original_size" and mark != "size"
         if marks and isinstance(message, dict):
             message[wire.MARKER_KEY] = marks
-        index = _int(attributes[wire.ATTR_MESSAGE_INDEX])
+        index = _attribute_int(attributes, wire.ATTR_MESSAGE_INDEX)
         if not 0 <= index <= len(messages):
             where = "is negative" if index < 0 else f"is past the end of the {len(messages)}-message list"
             issues.append(f"{_label(seq, event)}: insertion index {index} {where}; the message was appended")
             index = len(messages)
         messages.insert(index, message)
     elif event.name == wire.EVENT_MESSAGES_DELETE:
-        start = _int(attributes[wire.ATTR_MESSAGE_INDEX])
-        removed = _int(attributes[wire.ATTR_MESSAGES_REMOVED])
+        start = _attribute_int(attributes, wire.ATTR_MESSAGE_INDEX)
+        removed = _attribute_int(attributes, wire.ATTR_MESSAGES_REMOVED)
         if not 0 <= start < len(messages) or removed <= 0:
             issues.append(
                 f"{_label(seq, event)}: cannot remove {removed} message(s) at index {start} "
@@ -269,7 +277,10 @@ def _apply(messages: list[Any], seq: int, event: EventRecord, lossy: Counter[str
                 f"{_label(seq, event)}: the order does not cover the {len(messages)}-message list; not applied"
             )
             return
-        positions = [_int(i) for i in order]
+        try:
+            positions = [_int(i) for i in order]
+        except ValueError as err:
+            raise ValueError(f"{wire.ATTR_MESSAGES_ORDER} holds {err}") from err
         if sorted(positions) != list(range(len(messages))):
             issues.append(f"{_label(seq, event)}: the order is not a permutation of the list; not applied")
             return
@@ -382,7 +393,7 @@ def reconstruct_trace(
         except KeyError as exc:
             issues.append(f"{_label(seq, event)} lacks {exc}; not replayed")
         except (ValueError, TypeError) as exc:
-            issues.append(f"{_label(seq, event)} could not be replayed: {exc}")
+            issues.append(f"{_label(seq, event)} not replayed: {exc}")
     issues.extend(f"{n} {_MARK_TEXT[mark]}" for mark, n in lossy.items() if n)
     count_value = run.attributes.get(wire.ATTR_MESSAGES_COUNT)
     if count_value is not None:
