@@ -2,8 +2,9 @@
 
 The child sets ``RLIMIT_AS`` (address space) and ``RLIMIT_CPU`` on itself before importing anything,
 then runs the console script's ``main``: a runaway allocation becomes a MemoryError in the child
-(never a swapping machine), a runaway loop a SIGXCPU. The parent reaps it with ``os.wait4``, whose
-resource usage gives the child's peak resident memory, and kills it past a wall-clock timeout.
+(never a swapping machine), a runaway loop a SIGXCPU. On its way out it reports its own peak resident
+memory (``VmHWM``, which starts afresh at exec; ``ru_maxrss`` from ``wait4`` would also count the
+parent's memory the child was forked with). The parent kills it past a wall-clock timeout.
 """
 
 from __future__ import annotations
@@ -22,11 +23,18 @@ MIB = 1024 * 1024
 
 _LAUNCHER = """\
 import resource, sys
-memory, cpu = int(sys.argv[1]), int(sys.argv[2])
+memory, cpu, report = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
 resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
 from kiln_otel.cli import main
-sys.exit(main(sys.argv[3:]))
+try:
+    code = main(sys.argv[4:])
+finally:
+    with open("/proc/self/status") as status:
+        peak = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+    with open(report, "w") as out:
+        out.write(peak)
+sys.exit(code)
 """
 
 
@@ -36,7 +44,7 @@ class Measured:
     stdout: str
     stderr: str
     peak_rss: int
-    """Bytes: the child's maximum resident set size."""
+    """Bytes: the child's peak resident set size (VmHWM), 0 if it died before reporting it."""
     seconds: float
 
 
@@ -51,12 +59,18 @@ def run_cli(
 ) -> Measured:
     """``kiln-otel *args`` in a limited child; waits at most ``timeout`` seconds (then kills it)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("OTEL_", "KILN_OTEL_"))}
-    with tempfile.TemporaryFile() as given, tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with (
+        tempfile.TemporaryFile() as given,
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+        tempfile.TemporaryDirectory() as scratch,
+    ):
+        report = Path(scratch) / "peak"
         given.write(stdin)
         given.seek(0)
         started = time.monotonic()
         child = subprocess.Popen(
-            [sys.executable, "-c", _LAUNCHER, str(memory_bytes), str(cpu_seconds), *args],
+            [sys.executable, "-c", _LAUNCHER, str(memory_bytes), str(cpu_seconds), str(report), *args],
             cwd=cwd,
             env=env,
             stdin=given,
@@ -66,17 +80,16 @@ def run_cli(
         killer = threading.Timer(timeout, child.kill)
         killer.start()
         try:
-            _, status, usage = os.wait4(child.pid, 0)
+            child.wait()
         finally:
             killer.cancel()
         seconds = time.monotonic() - started
-        child.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         return Measured(
             returncode=child.returncode,
             stdout=out.read().decode("utf-8", "replace"),
             stderr=err.read().decode("utf-8", "replace"),
-            peak_rss=usage.ru_maxrss * 1024,
+            peak_rss=int(report.read_text()) * 1024 if report.exists() else 0,
             seconds=seconds,
         )

@@ -34,9 +34,9 @@ TRACE = "0af7651916cd43dd8448eb211c80319c"
 RUN_SPAN = "b7ad6b7169203331"
 MEMORY_LIMIT = 512 * MIB
 """RLIMIT_AS of each child: the interpreter and its imports take well under half of it."""
-PEAK_RSS_BOUND = 160 * MIB
-"""A child reading any file of the corpus (all under 2 MB) stays under this: ~40 MiB for most, ~100 MiB
-for the 1.7 MB file of 10,000 events (the interpreter and its imports alone are ~35 MiB)."""
+PEAK_RSS_BOUND = 100 * MIB
+"""A child reading any file of the corpus (all under 2 MB) stays under this: measured 37-41 MiB for all
+but the 1.7 MB file of 10,000 events, 62 MiB (the interpreter and its imports alone are ~35 MiB)."""
 SECONDS_BOUND = 15.0
 
 
@@ -291,7 +291,8 @@ def test_the_cli_answers_every_hostile_file_with_its_documented_code(name: str, 
     assert len(lines) <= 41  # skipped lines and issues are capped at 20 each, plus "... and N more"
     for word in case.says:
         assert word in result.stderr, result.stderr[-2000:]
-    assert result.peak_rss < PEAK_RSS_BOUND, f"{result.peak_rss / MIB:.0f} MiB"
+    assert 0 < result.peak_rss < PEAK_RSS_BOUND, f"{result.peak_rss / MIB:.0f} MiB"
+    print(f"{name}: exit {result.returncode}, peak RSS {result.peak_rss / MIB:.0f} MiB, {result.seconds:.2f} s")
     assert result.seconds < SECONDS_BOUND, f"{result.seconds:.1f} s"
     if case.exit_code == EXIT_OK and case.command == "reconstruct" and case.says:
         assert json.loads(result.stdout)["trace_complete"] is False
