@@ -31,9 +31,11 @@ class JSONInputError(ValueError):
 def loads(data: str | bytes, *, max_depth: int = MAX_DEPTH) -> Any:
     """``json.loads`` that raises only `JSONInputError`, never recurses past ``max_depth`` levels, and
     reads bytes as UTF-8 only (``json`` would guess UTF-16 and UTF-32 too)."""
-    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
-    if nesting_depth(raw, max_depth) > max_depth:
-        raise JSONInputError(f"JSON nested deeper than {max_depth} levels")
+    few_brackets = data.count("[") + data.count("{") <= max_depth if isinstance(data, str) else False
+    if not few_brackets:
+        raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+        if nesting_depth(raw, max_depth) > max_depth:
+            raise JSONInputError(f"JSON nested deeper than {max_depth} levels")
     try:
         text = data if isinstance(data, str) else data.decode("utf-8")
         return json.loads(text)
