@@ -33,7 +33,8 @@ class ErrorWithTrace(BaseModel):
     """Hex, as Jaeger and Grafana show it, so an app can link to the run."""
     span_id: str | None = None
     trace_complete: bool = True
-    """False when the trace was rebuilt from telemetry that lost something (truncated, not captured, gaps)."""
+    """False when the trace was rebuilt from telemetry that lost something (truncated, not captured, gaps),
+    or holds a message that had to be approximated (marked ``{"_kiln_otel": {"lossy": true}}``)."""
 
     @field_validator("trace", mode="before")
     @classmethod
