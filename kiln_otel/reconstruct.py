@@ -130,6 +130,11 @@ def _list_events(run: SpanRecord, spans: Sequence[SpanRecord]) -> tuple[list[Eve
 _INT64 = 2**63
 _DECIMAL = re.compile(r"\s*-?[0-9]{1,19}\s*")
 _MISSING_SHOWN = 10
+_MOVE_BUDGET = 10**9
+"""Messages shifted along the list by inserts and removals before the replay gives up: a second or two.
+
+A real run appends (nothing moves); a hostile trace of n inserts at index 0 would otherwise cost n²/2.
+"""
 _SHOW = reprlib.Repr()
 _SHOW.maxstring = _SHOW.maxother = 40
 
@@ -186,9 +191,9 @@ def _label(seq: int, event: EventRecord) -> str:
 def _sequence(events: Iterable[EventRecord]) -> tuple[list[tuple[int, EventRecord]], list[str]]:
     """List events in ``kiln_otel.seq`` order, and what is wrong with the others.
 
-    An event whose seq is not a non-negative int64 is not replayed. The same event delivered twice
-    (a retried export) counts once; two different events claiming one seq are named, the first (in
-    span order) replayed.
+    An event whose seq is not a non-negative int64 is not replayed. A copy of the first event with a
+    seq (a retried export delivered it twice) counts once; different events claiming one seq are
+    named, the first (in span order) replayed.
     """
     by_seq: dict[int, list[EventRecord]] = {}
     issues = []
@@ -206,13 +211,13 @@ def _sequence(events: Iterable[EventRecord]) -> tuple[list[tuple[int, EventRecor
             issues.append(f"a {event.name} event carries {wire.ATTR_EVENT_SEQ} {seq} but is no list event; ignored")
             continue
         same = by_seq.setdefault(seq, [])
-        if not any(other.name == event.name and other.attributes == event.attributes for other in same):
-            same.append(event)
+        if not same or same[0].name != event.name or same[0].attributes != event.attributes:
+            same.append(event)  # compared with the first only: linear however many claim one seq
     ordered = []
     for seq in sorted(by_seq):
         claimants = by_seq[seq]
         if len(claimants) > 1:
-            names = ", ".join(event.name for event in claimants)
+            names = ", ".join(event.name for event in claimants[:3]) + (", ..." if len(claimants) > 3 else "")
             issues.append(
                 f"duplicate {wire.ATTR_EVENT_SEQ} {seq}: {len(claimants)} different events ({names}); "
                 "replayed the first"
@@ -240,8 +245,12 @@ def _missing(present: Sequence[int], ops: int) -> str:
     return f"{missing} of {ops} list events are missing (seq {', '.join(map(str, named))}{more})"
 
 
-def _apply(messages: list[Any], seq: int, event: EventRecord, lossy: Counter[str], issues: list[str]) -> None:
-    """Replay one list event onto ``messages``; anything out of place is done as well as it can be and named."""
+def _apply(messages: list[Any], seq: int, event: EventRecord, lossy: Counter[str], issues: list[str]) -> int:
+    """Replay one list event onto ``messages``; anything out of place is done as well as it can be and named.
+
+    Returns how many messages the event shifted along the list (the replay's only cost that the
+    input's size does not pay for).
+    """
     attributes = event.attributes
     if _is_message_event(event.name):
         message, marks = message_from_event(event.name, attributes)
@@ -255,7 +264,8 @@ def _apply(messages: list[Any], seq: int, event: EventRecord, lossy: Counter[str
             issues.append(f"{_label(seq, event)}: insertion index {index} {where}; the message was appended")
             index = len(messages)
         messages.insert(index, message)
-    elif event.name == wire.EVENT_MESSAGES_DELETE:
+        return len(messages) - 1 - index
+    if event.name == wire.EVENT_MESSAGES_DELETE:
         start = _attribute_int(attributes, wire.ATTR_MESSAGE_INDEX)
         removed = _attribute_int(attributes, wire.ATTR_MESSAGES_REMOVED)
         if not 0 <= start < len(messages) or removed <= 0:
@@ -263,28 +273,27 @@ def _apply(messages: list[Any], seq: int, event: EventRecord, lossy: Counter[str
                 f"{_label(seq, event)}: cannot remove {removed} message(s) at index {start} "
                 f"of a {len(messages)}-message list; nothing removed"
             )
-            return
+            return 0
         if start + removed > len(messages):
             issues.append(
                 f"{_label(seq, event)}: removes {removed} message(s) at index {start} but only "
                 f"{len(messages) - start} follow; removed those"
             )
         del messages[start : start + removed]
-    else:
-        order = attributes[wire.ATTR_MESSAGES_ORDER]
-        if not isinstance(order, (list, tuple)) or len(order) != len(messages):
-            issues.append(
-                f"{_label(seq, event)}: the order does not cover the {len(messages)}-message list; not applied"
-            )
-            return
-        try:
-            positions = [_int(i) for i in order]
-        except ValueError as err:
-            raise ValueError(f"{wire.ATTR_MESSAGES_ORDER} holds {err}") from err
-        if sorted(positions) != list(range(len(messages))):
-            issues.append(f"{_label(seq, event)}: the order is not a permutation of the list; not applied")
-            return
-        messages[:] = [messages[i] for i in positions]
+        return max(len(messages) - start, 0)
+    order = attributes[wire.ATTR_MESSAGES_ORDER]
+    if not isinstance(order, (list, tuple)) or len(order) != len(messages):
+        issues.append(f"{_label(seq, event)}: the order does not cover the {len(messages)}-message list; not applied")
+        return 0
+    try:
+        positions = [_int(i) for i in order]
+    except ValueError as err:
+        raise ValueError(f"{wire.ATTR_MESSAGES_ORDER} holds {err}") from err
+    if sorted(positions) != list(range(len(messages))):
+        issues.append(f"{_label(seq, event)}: the order is not a permutation of the list; not applied")
+        return 0
+    messages[:] = [messages[i] for i in positions]
+    return 0  # as long as the order itself, which the input holds
 
 
 _MARK_TEXT = {
@@ -387,9 +396,16 @@ def reconstruct_trace(
     issues += _skipped_lines(spans, run)
     messages: list[Any] = []
     lossy: Counter[str] = Counter()
+    moved = 0
     for seq, event in ordered:
+        if moved > _MOVE_BUDGET:
+            issues.append(
+                f"replay stopped before list event {seq}: inserts and removals inside the list had moved "
+                f"{moved} messages, far beyond any real run"
+            )
+            break
         try:
-            _apply(messages, seq, event, lossy, issues)
+            moved += _apply(messages, seq, event, lossy, issues)
         except KeyError as exc:
             issues.append(f"{_label(seq, event)} lacks {exc}; not replayed")
         except (ValueError, TypeError) as exc:

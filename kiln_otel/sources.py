@@ -10,7 +10,6 @@ the records from different sources equal rather than merely alike.
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import json
 import os
@@ -43,6 +42,7 @@ _BOM = b"\xef\xbb\xbf"
 _MAX_VALUE_DEPTH = 32
 """Arrays and maps nested in one attribute value; the SDK writes flat arrays, other writers a few levels."""
 _INT64_MIN, _UINT64_END = -(2**63), 2**64
+_DECIMAL = re.compile(r"\s*[-+]?[0-9]{1,20}\s*")
 
 # Tags Jaeger's OTLP translator adds to a span for things that are not span attributes.
 _JAEGER_STATUS_CODE = "otel.status_code"
@@ -623,11 +623,8 @@ def _int(value: object, where: str, *, signed: bool = False) -> int:
     number = None
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
-    elif isinstance(value, float) and value.is_integer():
+    elif (isinstance(value, float) and value.is_integer()) or (isinstance(value, str) and _DECIMAL.fullmatch(value)):
         number = int(value)
-    elif isinstance(value, str) and len(value) <= 40:
-        with contextlib.suppress(ValueError):
-            number = int(value.strip())
     low, end = (_INT64_MIN, -_INT64_MIN) if signed else (_INT64_MIN, _UINT64_END)
     if number is None or not low <= number < end:
         raise MalformedTelemetryError(f"{where}: expected a 64-bit integer; found {_show(value)}")

@@ -227,6 +227,9 @@ CORPUS: dict[str, Case] = {
         ("lacks 'kiln_otel.message.index'",),
     ),
     "seq on a foreign event": Case(one_run([message(0), event("app.event", 1)]), EXIT_OK, ("no list event",)),
+    "20,000 events claiming seq 0": Case(
+        one_run([message(0, 0, f"claim {n}") for n in range(20_000)]), EXIT_OK, ("20000 different events",)
+    ),
     "10,000 bad seqs": Case(one_run([message(s(f"x{n}")) for n in range(10_000)]), EXIT_OK, ("... and 9982 more",)),
     "array nested 40 deep": Case(
         one_run([message(0)], app__value=nested_array_value(40)), EXIT_MALFORMED, ("nested at most 32",)
@@ -338,6 +341,18 @@ def test_a_huge_claimed_total_costs_nothing_and_names_the_gap() -> None:
     assert trace.issues == [
         f"{10**12 - 2} of {10**12} list events are missing (seq 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, ...)"
     ]
+
+
+def test_a_replay_that_would_move_too_much_stops_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """n inserts at index 0 cost n²/2 moves; past the budget the replay stops, named, never grinds on."""
+    from kiln_otel import reconstruct
+
+    monkeypatch.setattr(reconstruct, "_MOVE_BUDGET", 1_000)
+    trace = rebuilt(one_run([message(n, 0, f"m{n}") for n in range(100)]))
+    assert len(trace) < 100
+    assert any(issue.startswith("replay stopped before list event") for issue in trace.issues)
+    appended = rebuilt(one_run([message(n, n, f"m{n}") for n in range(100)]))
+    assert appended.complete  # appending moves nothing: a long real run never comes near the budget
 
 
 def test_missing_events_are_named_by_seq() -> None:
