@@ -65,7 +65,8 @@ EXIT_CODES: Mapping[int, str] = {
     EXIT_UNEXPECTED: "the demo's reconstruction differed from its payload, or an unexpected error",
     EXIT_USAGE: "usage: bad arguments, a missing file, or several runs match (pass --trace-id)",
     EXIT_TRACE_NOT_FOUND: "no kiln-otel run with that trace id",
-    EXIT_BACKEND_UNREACHABLE: "the tracing backend (Jaeger) could not be reached or answered an error",
+    EXIT_BACKEND_UNREACHABLE: "the tracing backend (Jaeger) could not be reached, answered an error, or did "
+    "not answer within --timeout",
     EXIT_NOT_KILN: "the telemetry holds spans, but none from kiln-otel",
     EXIT_MALFORMED: "the input is not telemetry (or an ErrorWithTrace) that kiln-otel can read",
 }

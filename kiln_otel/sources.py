@@ -87,6 +87,8 @@ def _load(source: object, wanted: _Wanted | None) -> LoadedSpans:
         return _from_text(source, wanted)
     if isinstance(source, os.PathLike):
         return _from_path(source, wanted)
+    if isinstance(source, io.TextIOBase):
+        return _from_text(source.read(), wanted)
     if isinstance(source, io.IOBase) or (callable(getattr(source, "readline", None)) and hasattr(source, "read")):
         return _from_stream(source, wanted)  # type: ignore[arg-type]
     if isinstance(source, Mapping):
