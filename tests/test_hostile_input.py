@@ -392,6 +392,16 @@ def test_nesting_depth_reads_strings_and_escapes(text: str, depth: int) -> None:
     assert nesting_depth(text.encode(), depth - 1) > depth - 1
 
 
+BRACKETY = '[]{}"\\ab'
+"""Strings full of what a depth scanner could mistake for structure."""
+
+
+def bracketed_containers(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.lists(children, max_size=3) | st.dictionaries(
+        st.text(alphabet=BRACKETY, max_size=4), children, max_size=3
+    )
+
+
 def true_depth(value: Any) -> int:
     if isinstance(value, list):
         return 1 + max(map(true_depth, value), default=0)
@@ -402,10 +412,7 @@ def true_depth(value: Any) -> int:
 
 @settings(max_examples=300)
 @given(
-    st.recursive(
-        st.none() | st.booleans() | st.integers() | st.text(alphabet='[]{}"\\ab'),
-        lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(alphabet='[]{}"\\ab', max_size=4), c, max_size=3),
-    ),
+    st.recursive(st.none() | st.booleans() | st.integers() | st.text(alphabet=BRACKETY), bracketed_containers),
     st.integers(0, 8),
 )
 def test_nesting_depth_is_over_the_limit_exactly_when_the_json_is(value: Any, limit: int) -> None:
@@ -432,9 +439,13 @@ SCALARS = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=8),
 )
-ANY_JSON = st.recursive(
-    SCALARS, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3), max_leaves=8
-)
+
+
+def json_containers(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3)
+
+
+ANY_JSON = st.recursive(SCALARS, json_containers, max_leaves=8)
 KILN_KEYS = [
     wire.ATTR_EVENT_SEQ,
     wire.ATTR_MESSAGE_INDEX,
