@@ -12,6 +12,9 @@
 3. appending with no SDK provider configured vs plain ``list.append``; target <= 5
 4. ``reconstruct_trace`` of a 10,000-message OTLP JSON trace vs ``json.loads`` of the same bytes;
    target <= 3
+4. exporting a 512-span batch of a long run through ``SizeLimitedSpanExporter`` (measures every span's
+   protobuf size, splits under the 3 MiB cap) vs the protobuf encoding an OTLP exporter does anyway;
+   target <= 2.5
 Each figure is the median over rounds, baseline and subject interleaved round by round.
 """
 
@@ -25,10 +28,13 @@ from collections.abc import Callable
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from kiln_otel import reconstruct_trace, traced_run
+from kiln_otel.export_size import DEFAULT_MAX_REQUEST_BYTES, split_requests
+from kiln_otel.exporters import SizeLimitedSpanExporter
 from kiln_otel.otlp_json import encode_otlp_json
 
 MESSAGE = {
@@ -166,6 +172,38 @@ def bench_reconstruct(rounds: int) -> tuple[float, float]:
     )
 
 
+class EncodingExporter(SpanExporter):
+    """What an OTLP exporter does with a batch before the network: encode it to protobuf bytes."""
+
+    def export(self, spans: Any) -> SpanExportResult:
+        encode_spans(spans).SerializeToString()
+        return SpanExportResult.SUCCESS
+
+
+def bench_export_split(rounds: int) -> tuple[float, float]:
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("bench")
+    with traced_run("long", tracer_provider=provider) as run:
+        for i in range(4_000):
+            run.messages.append({**MESSAGE, "content": f"{i} {MESSAGE['content'] * 10}"})
+            if i % 10 == 0:
+                tracer.start_span("chat bench", attributes={"gen_ai.request.model": "m"}).end()
+    batch = exporter.get_finished_spans()[:512]
+    inner = EncodingExporter()
+    limited = SizeLimitedSpanExporter(inner)
+    assert len(split_requests(batch, DEFAULT_MAX_REQUEST_BYTES)) > 1
+    return interleaved(
+        lambda: per_call(lambda: inner.export(batch) and None, 1),
+        lambda: per_call(lambda: limited.export(batch) and None, 1),
+        max(rounds // 4, 3),
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=41)
@@ -177,6 +215,7 @@ def main() -> None:
         ("live export: a segment every 10 messages vs none", bench_live_export, None, 1e6),
         ("append, no SDK provider vs list.append", bench_no_provider, 5.0, 1e9),
         ("reconstruct 10k-message OTLP JSON vs json.loads", bench_reconstruct, 3.0, 1e3),
+        ("export 512 spans size-limited vs protobuf encoding", bench_export_split, 2.5, 1e3),
     ):
         base, subject = bench(args.rounds)
         unit_name = {1e6: "us", 1e9: "ns", 1e3: "ms"}[unit]

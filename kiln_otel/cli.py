@@ -15,9 +15,11 @@ import re
 import shutil
 import sys
 import textwrap
+import threading
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
     from kiln_otel.demo import DemoResult
     from kiln_otel.payload import ErrorWithTrace
     from kiln_otel.reconstruct import ReconstructedTrace
-    from kiln_otel.spans import SpanRecord
+    from kiln_otel.spans import LoadedSpans, SpanRecord
 
 __all__ = [
     "DEFAULT_HTTP_TIMEOUT_SECONDS",
@@ -63,7 +65,8 @@ EXIT_CODES: Mapping[int, str] = {
     EXIT_UNEXPECTED: "the demo's reconstruction differed from its payload, or an unexpected error",
     EXIT_USAGE: "usage: bad arguments, a missing file, or several runs match (pass --trace-id)",
     EXIT_TRACE_NOT_FOUND: "no kiln-otel run with that trace id",
-    EXIT_BACKEND_UNREACHABLE: "the tracing backend (Jaeger) could not be reached or answered an error",
+    EXIT_BACKEND_UNREACHABLE: "the tracing backend (Jaeger) could not be reached, answered an error, or did "
+    "not answer within --timeout",
     EXIT_NOT_KILN: "the telemetry holds spans, but none from kiln-otel",
     EXIT_MALFORMED: "the input is not telemetry (or an ErrorWithTrace) that kiln-otel can read",
 }
@@ -108,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `kiln-otel ... | head`: the reader left, nothing is wrong
         _silence_stdout()
         return EXIT_OK
+    except Exception as error:  # a bug of ours: still one line and a documented code, never a traceback
+        return _fail(EXIT_UNEXPECTED, f"unexpected error ({type(error).__name__}): {str(error)[:300]}")
 
 
 def _fail(code: int, message: str) -> int:
@@ -234,7 +239,7 @@ def _add_reconstruct(commands: Any) -> None:
         type=_positive_float,
         default=DEFAULT_HTTP_TIMEOUT_SECONDS,
         metavar="SECONDS",
-        help=f"HTTP timeout for --jaeger (default {DEFAULT_HTTP_TIMEOUT_SECONDS:g})",
+        help=f"total time --jaeger may take, however slowly Jaeger answers (default {DEFAULT_HTTP_TIMEOUT_SECONDS:g})",
     )
     _add_output_options(parser, "print the ErrorWithTrace as JSON instead of a transcript")
     parser.set_defaults(handler=_reconstruct, parser=parser)
@@ -349,9 +354,9 @@ def _reconstruct(args: argparse.Namespace) -> int:
         _usage(args.parser, "give exactly one source: --jaeger URL TRACE_ID, --file PATH, or - for stdin")
     trace_id = _trace_id(args.jaeger[1]) if args.jaeger else _optional_trace_id(args.trace_id)
     spans = _load(args, trace_id)
+    _notes(f"skipped line {line.number}: {line.reason}" for line in spans.skipped)
     trace = _reconstruct_trace(spans, trace_id, args.span_id)
-    for issue in trace.issues:
-        _note(f"the trace is incomplete: {issue}")
+    _notes(f"the trace is incomplete: {issue}" for issue in trace.issues)
     if trace.run.status_code == "ERROR":
         from kiln_otel.reconstruct import reconstruct_error
 
@@ -376,14 +381,25 @@ def _optional_trace_id(text: str | None) -> str | None:
     return None if text is None else _trace_id(text)
 
 
-def _load(args: argparse.Namespace, trace_id: str | None) -> list[SpanRecord]:
+def _notes(notes: Iterable[str], shown: int = 20) -> None:
+    """At most ``shown`` notes: hostile input can have a problem per line."""
+    count = 0
+    for count, note in enumerate(notes, start=1):
+        if count <= shown:
+            _note(" ".join(note.split()))
+    if count > shown:
+        _note(f"... and {count - shown} more")
+
+
+def _load(args: argparse.Namespace, trace_id: str | None) -> LoadedSpans:
+    """With a trace id the file (or stdin) is streamed and only the lines that mention it are parsed."""
     from kiln_otel.sources import load_spans
 
     if args.jaeger:
-        return load_spans(_fetch_jaeger(args.jaeger[0], trace_id or "", args.timeout))
+        return load_spans(_fetch_jaeger(args.jaeger[0], trace_id or "", args.timeout), trace_id=trace_id)
     if args.file:
-        return load_spans(_existing(args.file))
-    return load_spans(sys.stdin.buffer.read())
+        return load_spans(_existing(args.file), trace_id=trace_id)
+    return load_spans(sys.stdin.buffer, trace_id=trace_id)
 
 
 def _existing(path: Path) -> Path:
@@ -421,15 +437,20 @@ def _print_unfailed(trace: ReconstructedTrace, args: argparse.Namespace) -> None
 
 
 def _fetch_jaeger(base_url: str, trace_id: str, timeout: float) -> bytes:
-    """Jaeger v2 serves OTLP JSON at /api/v3; older ones only the legacy /api/traces, so try both."""
+    """Jaeger v2 serves OTLP JSON at /api/v3; older ones only the legacy /api/traces, so try both.
+
+    ``timeout`` bounds the whole fetch, both paths together: a server that trickles its answer a
+    byte at a time never times out a single read, so a per-read timeout would bound nothing.
+    """
     base = base_url.rstrip("/")
     if not base.startswith(("http://", "https://")):
         raise CliError(EXIT_USAGE, f"--jaeger wants an http:// or https:// URL, got {base_url!r}")
+    deadline = time.monotonic() + timeout
     urls = [f"{base}/api/v3/traces/{trace_id}", f"{base}/api/traces/{trace_id}"]
     last_status = 0
     for url in urls:
         try:
-            return _http_get(url, timeout)
+            return _http_get(url, deadline, timeout)
         except urllib.error.HTTPError as error:
             last_status = error.code
     if last_status == 404:
@@ -437,17 +458,34 @@ def _fetch_jaeger(base_url: str, trace_id: str, timeout: float) -> bytes:
     raise CliError(EXIT_BACKEND_UNREACHABLE, f"Jaeger at {base} answered HTTP {last_status} for trace {trace_id}")
 
 
-def _http_get(url: str, timeout: float) -> bytes:
-    request = urllib.request.Request(url, headers={"Accept": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            body: bytes = response.read()
-            return body
-    except urllib.error.HTTPError:
-        raise
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
+def _http_get(url: str, deadline: float, timeout: float) -> bytes:
+    """GET ``url`` in a daemon thread and wait for it until ``deadline``: a total bound, whatever the server does."""
+    outcome: dict[str, Any] = {}
+
+    def fetch() -> None:
+        request = urllib.request.Request(url, headers={"Accept": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=max(deadline - time.monotonic(), 0.001)) as response:
+                outcome["body"] = response.read()
+        except BaseException as error:
+            outcome["error"] = error
+
+    worker = threading.Thread(target=fetch, name="kiln-otel-jaeger", daemon=True)
+    worker.start()
+    worker.join(max(deadline - time.monotonic(), 0.0))
+    if worker.is_alive():
+        raise CliError(EXIT_BACKEND_UNREACHABLE, f"{url} did not answer in full within {timeout:g} s (--timeout)")
+    error = outcome.get("error")
+    if isinstance(error, urllib.error.HTTPError):
+        error.close()
+        raise error
+    if isinstance(error, (urllib.error.URLError, OSError, http.client.HTTPException)):
         reason = getattr(error, "reason", error)
         raise CliError(EXIT_BACKEND_UNREACHABLE, f"could not reach {url}: {reason}") from error
+    if error is not None:
+        raise error
+    body: bytes = outcome["body"]
+    return body
 
 
 # --- show ----------------------------------------------------------------------------------------
@@ -456,20 +494,21 @@ def _http_get(url: str, timeout: float) -> bytes:
 def _show(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
+    from kiln_otel.json_input import JSONInputError, loads
     from kiln_otel.payload import ErrorWithTrace
 
     name = "stdin" if args.file == "-" else args.file
     data = sys.stdin.buffer.read() if args.file == "-" else _existing(Path(args.file)).read_bytes()
     try:
-        value = json.loads(data)
-    except ValueError as error:
-        raise CliError(EXIT_MALFORMED, f"{name} is not JSON: {error}") from error
+        value = loads(data.removeprefix(b"\xef\xbb\xbf"))
+    except JSONInputError as error:
+        raise CliError(EXIT_MALFORMED, f"{name} is not JSON kiln-otel reads: {error}") from error
     if isinstance(value, dict) and isinstance(value.get("payload"), dict):
         value = value["payload"]  # the demo's --json output
     try:
         payload = ErrorWithTrace.model_validate(value)
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in error.errors())
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in error.errors()[:5])
         raise CliError(EXIT_MALFORMED, f"{name} is not an ErrorWithTrace ({problems})") from error
     _print_payload(payload, args)
     return EXIT_OK

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +18,7 @@ import pydantic_core
 from kiln_otel import wire
 from kiln_otel.bounded import bound_text, redacted_head, utf8_size
 from kiln_otel.config import Settings
+from kiln_otel.json_input import loads
 from kiln_otel.redaction import RedactHook
 
 __all__ = [
@@ -39,6 +41,11 @@ _PLACEHOLDER_OPEN, _PLACEHOLDER_CLOSE = "\ue000", "\ue001"
 """Private-use characters: no rule matches them, and JSON carries them unescaped."""
 
 _EVENT_NAMES = {role: wire.message_event_name(role) for role in wire.KNOWN_ROLES}
+_UNREADABLE: Any = object()
+_DIGIT_LIMIT = sys.get_int_max_str_digits()
+_MAX_INT_BITS = int((_DIGIT_LIMIT - 1) * 3.3219) if _DIGIT_LIMIT else 0
+"""Ints with more bits may have more digits than Python will read back (``int`` refuses them): not JSON."""
+_WALKED = frozenset({dict, list, tuple, int})
 
 EncodedMessage = tuple[str, dict[str, Any], int]
 """(event name, event attributes, bytes counted against the span budget)."""
@@ -51,8 +58,16 @@ def _field(message: Any, key: str) -> Any:
     return getattr(message, key, None)
 
 
+def _role_or_unreadable(message: Any) -> Any:
+    try:
+        return message.get("role") if type(message) is dict else _field(message, "role")
+    except Exception:  # a property that raises: the message is recorded anyway, marked lossy
+        return _UNREADABLE
+
+
 def message_role(message: Any) -> str | None:
-    role = message.get("role") if type(message) is dict else _field(message, "role")
+    """The message's role, or None when it has none, not a string, or reading it raises."""
+    role = _role_or_unreadable(message)
     return role if isinstance(role, str) else None
 
 
@@ -60,13 +75,43 @@ def serialize(message: Any) -> tuple[bytes, bool]:
     """UTF-8 JSON of the message and whether it had to be approximated (the lossy flag).
 
     pydantic_core is about four times faster than ``json.dumps`` and handles pydantic models,
-    datetimes and sets; only what it refuses (cycles, lone surrogates, arbitrary objects) takes the
-    slow path.
+    datetimes and sets; what it refuses (cycles, lone surrogates, arbitrary objects that would fall
+    back to ``repr``) takes the slow path. So does what it accepts but cannot give back: non-string
+    keys (``{1: "a", "1": "b"}`` would come back as one key) and ints too long for Python to read.
     """
     try:
-        return pydantic_core.to_json(message, inf_nan_mode="constants"), False
+        raw = pydantic_core.to_json(message, inf_nan_mode="constants")
     except Exception:
         return approximate_json(message).encode(), True
+    if _round_trips(message):
+        return raw, False
+    return approximate_json(message).encode(), True
+
+
+def _round_trips(value: Any) -> bool:
+    """No non-string key and no over-long int in the dicts and lists of ``value``; no recursion.
+
+    Called only after pydantic_core serialized the value, so it holds no cycle. Strings, the bulk of
+    a message, are never looked at: about half the cost of serializing a typical message.
+    """
+    stack = [value]
+    pop, push = stack.pop, stack.append
+    while stack:
+        item = pop()
+        kind = type(item)
+        if kind is dict or (kind not in _WALKED and isinstance(item, dict)):
+            for key, inner in item.items():
+                if type(key) is not str and not isinstance(key, str):
+                    return False
+                if type(inner) in _WALKED:
+                    push(inner)
+        elif kind is list or kind is tuple:
+            for inner in item:
+                if type(inner) in _WALKED:
+                    push(inner)
+        elif kind is int and _MAX_INT_BITS and item.bit_length() > _MAX_INT_BITS:
+            return False
+    return True
 
 
 def approximate_json(value: Any) -> str:
@@ -75,8 +120,10 @@ def approximate_json(value: Any) -> str:
 
 
 def _approximate(value: Any, path: tuple[int, ...], depth: int) -> Any:
-    if value is None or isinstance(value, (bool, int, float)):
+    if value is None or isinstance(value, (bool, float)):
         return value
+    if isinstance(value, int):
+        return _approximate_int(value)
     if isinstance(value, str):
         return _SURROGATES.sub("\ufffd", value)
     if isinstance(value, (bytes, bytearray, memoryview)):
@@ -87,15 +134,43 @@ def _approximate(value: Any, path: tuple[int, ...], depth: int) -> Any:
         return "[too deep]"
     inner = (*path, id(value))
     if isinstance(value, Mapping):
-        return {_approximate_key(k): _approximate(v, inner, depth + 1) for k, v in value.items()}
+        return _approximate_mapping(value, inner, depth)
     if isinstance(value, (list, tuple, set, frozenset)):
         return [_approximate(v, inner, depth + 1) for v in value]
     return _approximate_object(value, inner, depth)
 
 
+def _approximate_int(value: int) -> int | str:
+    if _MAX_INT_BITS and value.bit_length() > _MAX_INT_BITS:
+        return f"[an integer of about {int(value.bit_length() * 0.30103) + 1} digits]"
+    return value
+
+
+def _approximate_mapping(value: Mapping[Any, Any], path: tuple[int, ...], depth: int) -> dict[str, Any]:
+    """String keys keep their name; another key becomes text, renamed if that text is taken."""
+    try:
+        items = list(value.items())
+    except Exception:
+        return {"[unreadable]": _safe_repr(value)}
+    taken = {key for key, _ in items if isinstance(key, str)}
+    result: dict[str, Any] = {}
+    for key, item in items:
+        if isinstance(key, str):
+            text = str(_SURROGATES.sub("\ufffd", key))
+        else:
+            text = base = _approximate_key(key)
+            suffix = 1
+            while text in taken or text in result:
+                suffix += 1
+                text = f"{base} ({type(key).__name__}{'' if suffix == 2 else f' {suffix - 1}'})"
+        result[text] = _approximate(item, path, depth + 1)
+    return result
+
+
 def _approximate_key(key: Any) -> str:
-    text = key if isinstance(key, str) else _safe_repr(key)
-    return str(_SURROGATES.sub("\ufffd", text))
+    if isinstance(key, int) and not isinstance(key, bool):
+        return str(_approximate_int(key))
+    return str(_SURROGATES.sub("\ufffd", _safe_repr(key)))
 
 
 def _approximate_object(value: Any, path: tuple[int, ...], depth: int) -> Any:
@@ -239,8 +314,13 @@ def _tool_name(call: Any) -> str:
 
 
 def encode_message(message: Any, index: int, settings: Settings) -> EncodedMessage:
-    """The event for one inserted message: structure always, content when capture is on."""
-    role = message_role(message)
+    """The event for one inserted message: structure always, content when capture is on.
+
+    A message whose fields cannot be read (a property that raises) is still recorded, marked lossy.
+    """
+    read_role = _role_or_unreadable(message)
+    role = read_role if isinstance(read_role, str) else None
+    unreadable = read_role is _UNREADABLE
     attributes: dict[str, Any] = {wire.ATTR_MESSAGE_INDEX: index}
     event_name = _EVENT_NAMES.get(role) if role is not None else None
     if event_name is None:
@@ -248,9 +328,12 @@ def encode_message(message: Any, index: int, settings: Settings) -> EncodedMessa
         if role is not None:
             attributes[wire.ATTR_MESSAGE_ROLE] = role
     if role == "tool" or role == "assistant":
-        _tool_call_attributes(message, role, attributes)
+        try:
+            _tool_call_attributes(message, role, attributes)
+        except Exception:
+            unreadable = True
     raw, lossy = serialize(message)
-    if lossy:
+    if lossy or unreadable:
         attributes[wire.ATTR_MESSAGE_LOSSY] = True
     if not settings.capture_content:
         attributes[wire.ATTR_MESSAGE_CAPTURED] = False
@@ -318,7 +401,7 @@ def message_from_event(name: str, attributes: Mapping[str, Any]) -> tuple[Any, d
         marks["size"] = attributes.get(wire.ATTR_MESSAGE_SIZE)
         return _skeleton(_role_from_event(name, attributes), attributes), marks
     try:
-        return json.loads(text), marks
+        return loads(text), marks
     except ValueError:
         marks["unparseable"] = True
         return {"role": _role_from_event(name, attributes), "content": text}, marks

@@ -17,6 +17,11 @@ still the OS default) so a container stop ends the open runs and exports them be
 (`kiln_otel.lifecycle`), and it exports ended spans within `DEFAULT_SCHEDULE_DELAY_MILLIS` rather than
 the SDK's 5 s, since that delay is part of what a SIGKILLed process loses.
 
+OTLP requests are kept under the receiver's size limit (`SizeLimitedSpanExporter`): at most
+``max_request_bytes`` > ``KILN_OTEL_MAX_REQUEST_BYTES`` > 3 MiB of protobuf each, which a gRPC receiver at
+its 4 MiB default accepts. Raise it only together with the receiver's own limit (the Collector's
+``max_recv_msg_size_mib``).
+
 Exit is bounded. The SDK's batch processor joins its worker for up to 30 s at shutdown, then exports
 what is queued one batch at a time, each with a fresh exporter timeout, and its ``force_flush`` has no
 bound at all: an unreachable collector could hold a finishing process for minutes. Here
@@ -38,22 +43,28 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from kiln_otel import lifecycle
 from kiln_otel._guard import logger
 from kiln_otel.config import _warn_once
-from kiln_otel.exporters import OtlpJsonFileExporter
+from kiln_otel.export_size import DEFAULT_MAX_REQUEST_BYTES, MIN_REQUEST_BYTES
+from kiln_otel.exporters import OtlpJsonFileExporter, SizeLimitedSpanExporter
 from kiln_otel.lifecycle import run_within
 
 __all__ = [
     "DEFAULT_EXPORT_TIMEOUT_SECONDS",
+    "DEFAULT_MAX_REQUEST_BYTES",
     "DEFAULT_SCHEDULE_DELAY_MILLIS",
+    "ENV_MAX_REQUEST_BYTES",
     "ENV_TRACES_FILE",
     "SHUTDOWN_SLACK_SECONDS",
     "BoundedBatchSpanProcessor",
     "configure_tracing",
     "export_timeout",
+    "max_request_bytes_from_env",
     "traces_file_target",
 ]
 
 ENV_TRACES_FILE = "KILN_OTEL_TRACES_FILE"
 """Where the embedded default writes OTLP JSON lines when no OTLP endpoint is configured."""
+ENV_MAX_REQUEST_BYTES = "KILN_OTEL_MAX_REQUEST_BYTES"
+"""Largest OTLP export request, in bytes of protobuf; batches are split (and a lone oversized span cut) to fit."""
 ENV_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
 ENV_TRACES_ENDPOINT = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
 ENV_PROTOCOL = "OTEL_EXPORTER_OTLP_PROTOCOL"
@@ -82,6 +93,7 @@ def configure_tracing(
     default_file: Path | None = None,
     traces_file: Path | None = None,
     handle_signals: bool = True,
+    max_request_bytes: int | None = None,
 ) -> tuple[TracerProvider, str]:
     """A new TracerProvider exporting where the environment says, and a sentence saying where.
 
@@ -89,14 +101,17 @@ def configure_tracing(
     one. ``service.name`` is ``OTEL_SERVICE_NAME`` (or ``service.name`` in ``OTEL_RESOURCE_ATTRIBUTES``)
     when the deployment sets one, else ``service_name``. ``traces_file`` is an explicit file for the
     embedded default (it beats ``KILN_OTEL_TRACES_FILE``, which beats ``default_file``); an OTLP
-    endpoint in the environment still takes precedence over any file.
+    endpoint in the environment still takes precedence over any file. ``max_request_bytes`` bounds
+    each OTLP request (it beats ``KILN_OTEL_MAX_REQUEST_BYTES``; default 3 MiB).
 
     ``handle_signals``: on SIGTERM (and SIGINT, if its handler is still the OS default) end the open
     runs as failed, flush, then let the signal end the process as it would have. Installed only from
     the main thread and only where no handler is set: an app's own handler is never replaced.
     """
+    if max_request_bytes is not None and max_request_bytes < MIN_REQUEST_BYTES:
+        raise ValueError(f"max_request_bytes must be at least {MIN_REQUEST_BYTES}, got {max_request_bytes}")
     provider = TracerProvider(resource=_resource(service_name))
-    exporter, where = _exporter(default_file, traces_file)
+    exporter, where = _exporter(default_file, traces_file, max_request_bytes or max_request_bytes_from_env())
     if exporter is not None:
         provider.add_span_processor(
             BoundedBatchSpanProcessor(
@@ -164,10 +179,25 @@ def _otlp_endpoint() -> str:
     return os.environ.get(ENV_TRACES_ENDPOINT, "").strip() or os.environ.get(ENV_ENDPOINT, "").strip()
 
 
-def _exporter(default_file: Path | None, traces_file: Path | None) -> tuple[SpanExporter | None, str]:
+def max_request_bytes_from_env() -> int:
+    """``KILN_OTEL_MAX_REQUEST_BYTES``, or the default when unset or not a size we can use (warned once)."""
+    raw = os.environ.get(ENV_MAX_REQUEST_BYTES, "").strip()
+    if not raw:
+        return DEFAULT_MAX_REQUEST_BYTES
+    value = int(raw) if raw.isdigit() and len(raw) < 19 else -1
+    if value < MIN_REQUEST_BYTES:
+        _warn_once(ENV_MAX_REQUEST_BYTES, raw, DEFAULT_MAX_REQUEST_BYTES)
+        return DEFAULT_MAX_REQUEST_BYTES
+    return value
+
+
+def _exporter(
+    default_file: Path | None, traces_file: Path | None, max_request_bytes: int
+) -> tuple[SpanExporter | None, str]:
     endpoint = _otlp_endpoint()
     if endpoint:
-        return _otlp_exporter(endpoint)
+        otlp, where = _otlp_exporter(endpoint)
+        return SizeLimitedSpanExporter(otlp, max_request_bytes), where
     path = traces_file_target(default_file=default_file, traces_file=traces_file)
     if path is None:
         return None, f"nowhere (set {ENV_ENDPOINT} for OTLP or {ENV_TRACES_FILE} for a file)"

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, field_validator
 
-from kiln_otel import wire
 from kiln_otel._guard import report_internal_error
 from kiln_otel.config import DEFAULT_MAX_MESSAGE_BYTES
 from kiln_otel.encoding import message_json, serialize
 from kiln_otel.redaction import RedactHook, RedactSetting, resolve_redactor
+from kiln_otel.wire import MARKER_KEY
 
 if TYPE_CHECKING:
     from kiln_otel.errors import KilnRunError
@@ -34,7 +34,8 @@ class ErrorWithTrace(BaseModel):
     """Hex, as Jaeger and Grafana show it, so an app can link to the run."""
     span_id: str | None = None
     trace_complete: bool = True
-    """False when the trace was rebuilt from telemetry that lost something (truncated, not captured, gaps)."""
+    """False when the trace was rebuilt from telemetry that lost something (truncated, not captured, gaps),
+    or holds a message that had to be approximated (marked ``{"_kiln_otel": {"lossy": true}}``)."""
 
     @field_validator("trace", mode="before")
     @classmethod
@@ -45,15 +46,22 @@ class ErrorWithTrace(BaseModel):
 
 
 def _jsonable(message: Any, hook: RedactHook | None, budget: int | None) -> tuple[Any, bool]:
-    """The message as its event carries it: redacted, and cut to ``budget`` (marked) when given."""
-    raw, _ = serialize(message)
+    """The message as its event carries it, marked as `reconstruct_trace` marks it: redacted, cut to
+    ``budget`` when given, and flagged lossy when it had to be approximated; True when it is marked."""
+    raw, lossy = serialize(message)
+    marks: dict[str, Any] = {}
     if budget is None:
-        return json.loads(hook(raw.decode()) if hook is not None else raw), False
-    text, truncated = message_json(raw, budget, hook)
-    value = json.loads(text)
-    if truncated and isinstance(value, dict):
-        value[wire.MARKER_KEY] = {"truncated": True, "original_size": len(raw)}
-    return value, truncated
+        value = json.loads(hook(raw.decode()) if hook is not None else raw)
+    else:
+        text, truncated = message_json(raw, budget, hook)
+        value = json.loads(text)
+        if truncated:
+            marks.update(truncated=True, original_size=len(raw))
+    if lossy:
+        marks["lossy"] = True
+    if marks and isinstance(value, dict):
+        value[MARKER_KEY] = marks
+    return value, bool(marks)
 
 
 def trace_as_json_data(

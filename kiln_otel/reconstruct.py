@@ -7,10 +7,17 @@ dropped or a truncated message makes the result say it is incomplete instead of 
 A run whose own span never reached the telemetry (SIGKILL, ``os._exit``, a hang, a run still going)
 is rebuilt from its segment spans, which repeat its identity: the messages so far, marked incomplete,
 with a `RunNotEndedError` payload.
+
+Telemetry is input, possibly hostile: every number is validated before it is used (a count of 10^12
+costs nothing), work is bounded by the number of events actually present, and each inconsistency is
+named as what it is (a duplicate or negative sequence number, an index outside the list) in
+``issues``, never clamped or skipped silently.
 """
 
 from __future__ import annotations
 
+import re
+import reprlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,7 +33,7 @@ from kiln_otel.errors import (
     TraceNotFoundError,
 )
 from kiln_otel.payload import ErrorWithTrace
-from kiln_otel.spans import EventRecord, SpanRecord
+from kiln_otel.spans import EventRecord, LoadedSpans, SpanRecord
 
 __all__ = ["ReconstructedTrace", "find_run", "reconstruct_error", "reconstruct_trace"]
 
@@ -52,12 +59,14 @@ class ReconstructedTrace(list[Any]):
         return self.run.span_id
 
 
-def _as_records(source: object) -> list[SpanRecord]:
+def _as_records(source: object, trace_id: str | None) -> list[SpanRecord]:
+    if isinstance(source, LoadedSpans):
+        return source
     if isinstance(source, (list, tuple)) and source and all(isinstance(s, SpanRecord) for s in source):
         return list(source)
     from kiln_otel.sources import load_spans
 
-    return load_spans(source)
+    return load_spans(source, trace_id=trace_id)
 
 
 def _normalize_id(value: str | int | None, width: int) -> str | None:
@@ -218,22 +227,135 @@ def find_run(spans: Sequence[SpanRecord], trace_id: str | None = None, span_id: 
 def _list_events(run: SpanRecord, spans: Sequence[SpanRecord]) -> tuple[list[EventRecord], list[SpanRecord]]:
     segments = [s for s in spans if s.trace_id == run.trace_id and s.parent_span_id == run.span_id and _is_segment(s)]
     events = [e for span in (run, *segments) for e in span.events if wire.ATTR_EVENT_SEQ in e.attributes]
-    events.sort(key=lambda e: _int(e.attributes[wire.ATTR_EVENT_SEQ]))
     return events, [run, *segments]
 
 
+# --- Validation and replay: every number checked before it is used --------------------------------
+
+_INT64 = 2**63
+_DECIMAL = re.compile(r"\s*-?[0-9]{1,19}\s*")
+_MISSING_SHOWN = 10
+_MOVE_BUDGET = 10**9
+"""Messages shifted along the list by inserts and removals before the replay gives up: a second or two.
+
+A real run appends (nothing moves); a hostile trace of n inserts at index 0 would otherwise cost n²/2.
+"""
+_SHOW = reprlib.Repr()
+_SHOW.maxstring = _SHOW.maxother = 40
+
+
 def _int(value: object) -> int:
-    """Attribute ints come back as int, float or string depending on the backend's JSON."""
-    if isinstance(value, (int, float, str)):
-        return int(value)
-    raise TypeError(f"expected an integer attribute, got {value!r}")
+    """An int64 attribute, which backends give back as int, integral float or decimal string.
+
+    Raises ValueError saying what the value is instead: a NaN, an infinity, text, a list, or a number
+    no OTLP encoder could have written.
+    """
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif (isinstance(value, float) and value.is_integer()) or (isinstance(value, str) and _DECIMAL.fullmatch(value)):
+        number = int(value)
+    if number is None:
+        raise ValueError(f"{_SHOW.repr(value)} is not an integer")
+    if not -_INT64 <= number < _INT64:
+        raise ValueError(f"{_SHOW.repr(value)} is outside the 64-bit range")
+    return number
+
+
+def _attribute_int(attributes: Mapping[str, Any], key: str) -> int:
+    """``attributes[key]`` as an int64; the ValueError names the attribute."""
+    try:
+        return _int(attributes[key])
+    except ValueError as err:
+        raise ValueError(f"{key} {err}") from err
+
+
+def _count(value: object, what: str) -> tuple[int | None, str | None]:
+    """A non-negative integer, or None and the issue naming why not."""
+    try:
+        number = _int(value)
+    except ValueError as err:
+        return None, f"{what} is not a count: {err}"
+    if number < 0:
+        return None, f"{what} is negative ({number})"
+    return number, None
 
 
 def _is_message_event(name: str) -> bool:
     return name == wire.EVENT_MESSAGE_PREFIX or name.startswith(wire.EVENT_MESSAGE_PREFIX + ".")
 
 
-def _apply(messages: list[Any], event: EventRecord, lossy: Counter[str]) -> None:
+def _is_list_event(name: str) -> bool:
+    return _is_message_event(name) or name in (wire.EVENT_MESSAGES_DELETE, wire.EVENT_MESSAGES_REORDER)
+
+
+def _label(seq: int, event: EventRecord) -> str:
+    return f"list event {seq} ({event.name})"
+
+
+def _sequence(events: Iterable[EventRecord]) -> tuple[list[tuple[int, EventRecord]], list[str]]:
+    """List events in ``kiln_otel.seq`` order, and what is wrong with the others.
+
+    An event whose seq is not a non-negative int64 is not replayed. A copy of the first event with a
+    seq (a retried export delivered it twice) counts once; different events claiming one seq are
+    named, the first (in span order) replayed.
+    """
+    by_seq: dict[int, list[EventRecord]] = {}
+    issues = []
+    for event in events:
+        raw = event.attributes[wire.ATTR_EVENT_SEQ]
+        try:
+            seq = _int(raw)
+        except ValueError as err:
+            issues.append(f"a {event.name} event has an unusable {wire.ATTR_EVENT_SEQ}: {err}; not replayed")
+            continue
+        if seq < 0:
+            issues.append(f"a {event.name} event has a negative {wire.ATTR_EVENT_SEQ} ({seq}); not replayed")
+            continue
+        if not _is_list_event(event.name):
+            issues.append(f"a {event.name} event carries {wire.ATTR_EVENT_SEQ} {seq} but is no list event; ignored")
+            continue
+        same = by_seq.setdefault(seq, [])
+        if not same or same[0].name != event.name or same[0].attributes != event.attributes:
+            same.append(event)  # compared with the first only: linear however many claim one seq
+    ordered = []
+    for seq in sorted(by_seq):
+        claimants = by_seq[seq]
+        if len(claimants) > 1:
+            names = ", ".join(event.name for event in claimants[:3]) + (", ..." if len(claimants) > 3 else "")
+            issues.append(
+                f"duplicate {wire.ATTR_EVENT_SEQ} {seq}: {len(claimants)} different events ({names}); "
+                "replayed the first"
+            )
+        ordered.append((seq, claimants[0]))
+    return ordered, issues
+
+
+def _missing(present: Sequence[int], ops: int) -> str:
+    """Names the first few of ``ops - len(present)`` missing seqs; ``present`` is sorted, unique, below ``ops``.
+
+    Linear in ``len(present)``: a claimed count of 10^12 costs no more than one of 7.
+    """
+    named: list[int] = []
+    expected = 0
+    for seq in (*present, ops):
+        while expected < seq and len(named) < _MISSING_SHOWN:
+            named.append(expected)
+            expected += 1
+        if len(named) >= _MISSING_SHOWN:
+            break
+        expected = seq + 1
+    missing = ops - len(present)
+    more = ", ..." if missing > len(named) else ""
+    return f"{missing} of {ops} list events are missing (seq {', '.join(map(str, named))}{more})"
+
+
+def _apply(messages: list[Any], seq: int, event: EventRecord, lossy: Counter[str], issues: list[str]) -> int:
+    """Replay one list event onto ``messages``; anything out of place is done as well as it can be and named.
+
+    Returns how many messages the event shifted along the list (the replay's only cost that the
+    input's size does not pay for).
+    """
     attributes = event.attributes
     if _is_message_event(event.name):
         message, marks = message_from_event(event.name, attributes)
@@ -241,13 +363,42 @@ def _apply(messages: list[Any], event: EventRecord, lossy: Counter[str]) -> None
             lossy[mark] += mark != "original_size" and mark != "size"
         if marks and isinstance(message, dict):
             message[wire.MARKER_KEY] = marks
-        messages.insert(_int(attributes[wire.ATTR_MESSAGE_INDEX]), message)
-    elif event.name == wire.EVENT_MESSAGES_DELETE:
-        start = _int(attributes[wire.ATTR_MESSAGE_INDEX])
-        del messages[start : start + _int(attributes[wire.ATTR_MESSAGES_REMOVED])]
-    elif event.name == wire.EVENT_MESSAGES_REORDER:
-        order = [_int(i) for i in attributes[wire.ATTR_MESSAGES_ORDER]]  # type: ignore[union-attr]
-        messages[:] = [messages[i] for i in order]
+        index = _attribute_int(attributes, wire.ATTR_MESSAGE_INDEX)
+        if not 0 <= index <= len(messages):
+            where = "is negative" if index < 0 else f"is past the end of the {len(messages)}-message list"
+            issues.append(f"{_label(seq, event)}: insertion index {index} {where}; the message was appended")
+            index = len(messages)
+        messages.insert(index, message)
+        return len(messages) - 1 - index
+    if event.name == wire.EVENT_MESSAGES_DELETE:
+        start = _attribute_int(attributes, wire.ATTR_MESSAGE_INDEX)
+        removed = _attribute_int(attributes, wire.ATTR_MESSAGES_REMOVED)
+        if not 0 <= start < len(messages) or removed <= 0:
+            issues.append(
+                f"{_label(seq, event)}: cannot remove {removed} message(s) at index {start} "
+                f"of a {len(messages)}-message list; nothing removed"
+            )
+            return 0
+        if start + removed > len(messages):
+            issues.append(
+                f"{_label(seq, event)}: removes {removed} message(s) at index {start} but only "
+                f"{len(messages) - start} follow; removed those"
+            )
+        del messages[start : start + removed]
+        return max(len(messages) - start, 0)
+    order = attributes[wire.ATTR_MESSAGES_ORDER]
+    if not isinstance(order, (list, tuple)) or len(order) != len(messages):
+        issues.append(f"{_label(seq, event)}: the order does not cover the {len(messages)}-message list; not applied")
+        return 0
+    try:
+        positions = [_int(i) for i in order]
+    except ValueError as err:
+        raise ValueError(f"{wire.ATTR_MESSAGES_ORDER} holds {err}") from err
+    if sorted(positions) != list(range(len(messages))):
+        issues.append(f"{_label(seq, event)}: the order is not a permutation of the list; not applied")
+        return 0
+    messages[:] = [messages[i] for i in positions]
+    return 0  # as long as the order itself, which the input holds
 
 
 _MARK_TEXT = {
@@ -258,21 +409,74 @@ _MARK_TEXT = {
 }
 
 
-def _gaps(events: list[EventRecord], run: SpanRecord, spans: list[SpanRecord]) -> list[str]:
+def _gaps(seqs: Sequence[int], run: SpanRecord, spans: list[SpanRecord]) -> list[str]:
+    """What the run span's totals say is missing, checked against what arrived, never against a range."""
     issues = []
-    seqs = [_int(e.attributes[wire.ATTR_EVENT_SEQ]) for e in events]
-    ops = run.attributes.get(wire.ATTR_MESSAGES_OPS)
-    if ops is None:
+    ops_value = run.attributes.get(wire.ATTR_MESSAGES_OPS)
+    if ops_value is None:
         issues.append("the run span carries no totals (it had not ended when exported)")
-    elif seqs != list(range(_int(ops))):
-        issues.append(f"{_int(ops) - len(set(seqs))} of {ops} list events are missing")
-    expected_segments = run.attributes.get(wire.ATTR_SEGMENTS)
-    if expected_segments is not None and len(spans) - 1 != expected_segments:
-        issues.append(f"{len(spans) - 1} of {expected_segments} continuation segment spans found")
+    else:
+        ops, problem = _count(ops_value, wire.ATTR_MESSAGES_OPS)
+        if problem or ops is None:
+            issues.append(f"{problem}; cannot tell whether list events are missing")
+        else:
+            in_range = [seq for seq in seqs if seq < ops]
+            if len(in_range) < ops:
+                issues.append(_missing(in_range, ops))
+            beyond = seqs[len(in_range) :]
+            if beyond:
+                shown = ", ".join(map(str, beyond[:_MISSING_SHOWN])) + (", ..." if len(beyond) > _MISSING_SHOWN else "")
+                issues.append(
+                    f"{len(beyond)} list event(s) have a seq past the run's {ops} ({wire.ATTR_MESSAGES_OPS}): "
+                    f"{shown}; replayed in seq order"
+                )
+    segments_value = run.attributes.get(wire.ATTR_SEGMENTS)
+    if segments_value is not None:
+        expected, problem = _count(segments_value, wire.ATTR_SEGMENTS)
+        found = len({span.span_id for span in spans}) - 1
+        if problem:
+            issues.append(problem)
+        elif found != expected:
+            issues.append(f"{found} of {expected} continuation segment spans found")
     dropped = sum(span.dropped_events for span in spans)
     if dropped:
-        issues.append(f"the SDK dropped {dropped} event(s) over its per-span limit")
+        issues.append(
+            f"{dropped} event(s) were dropped before export (the SDK's per-span limit, or an export size cut)"
+        )
+    for span in spans:
+        cut = span.attributes.get(wire.ATTR_EXPORT_CUT)
+        if cut:
+            issues.append(
+                f"span {span.name} {span.span_id}: {_SHOW.repr(cut)} value(s) were cut at export to fit the "
+                "receiver's request size limit"
+            )
     return issues
+
+
+def _without_copies(spans: list[SpanRecord]) -> list[SpanRecord]:
+    """The same span delivered twice (an export retried after a timeout that had in fact succeeded) counts once.
+
+    Only exact copies go: two different spans under one id are both kept, and the replay names what
+    they disagree on.
+    """
+    seen: dict[tuple[str, str], list[SpanRecord]] = {}
+    unique = LoadedSpans(skipped=getattr(spans, "skipped", ()))
+    for span in spans:
+        same_id = seen.setdefault((span.trace_id, span.span_id), [])
+        if span not in same_id:
+            same_id.append(span)
+            unique.append(span)
+    return unique
+
+
+def _skipped_lines(spans: Sequence[SpanRecord], run: SpanRecord) -> list[str]:
+    """Lines of the source that could not be read and mention this trace, or no trace at all."""
+    return [
+        f"line {line.number} of the source could not be read and "
+        + ("holds spans of this trace" if line.trace_ids else "may hold spans of this trace")
+        for line in getattr(spans, "skipped", ())
+        if not line.trace_ids or run.trace_id in line.trace_ids
+    ]
 
 
 def reconstruct_trace(
@@ -281,24 +485,46 @@ def reconstruct_trace(
     """The run's message list as it stood when the run ended, from any telemetry source.
 
     ``source``: SDK ReadableSpans, OTLP protobuf bytes, OTLP JSON (a request, JSON lines, a file
-    path, Jaeger's ``/api/v3/traces`` body) or Jaeger's legacy ``/api/traces`` body.
+    path, Jaeger's ``/api/v3/traces`` body) or Jaeger's legacy ``/api/traces`` body. With a
+    ``trace_id``, a JSON Lines file is streamed and only that trace's lines are parsed.
     """
-    spans = _as_records(source)
-    run = find_run(spans, _normalize_id(trace_id, 32), _normalize_id(span_id, 16))
+    wanted = _normalize_id(trace_id, 32)
+    spans = _without_copies(_as_records(source, wanted))
+    if wanted is not None and not any(span.trace_id == wanted for span in spans):
+        unread = [line.number for line in getattr(spans, "skipped", ()) if wanted in line.trace_ids]
+        hint = f" (line {unread[0]}, which mentions it, could not be read)" if unread else ""
+        raise TraceNotFoundError(f"no span with trace id {wanted} in the telemetry{hint}")
+    run = find_run(spans, wanted, _normalize_id(span_id, 16))
     events, run_spans = _list_events(run, spans)
-    issues = [NOT_ENDED_ISSUE] if isinstance(run, UnendedRun) else []
-    issues += _gaps(events, run, run_spans)
+    ordered, issues = _sequence(events)
+    if isinstance(run, UnendedRun):
+        issues.insert(0, NOT_ENDED_ISSUE)
+    issues += _gaps([seq for seq, _ in ordered], run, run_spans)
+    issues += _skipped_lines(spans, run)
     messages: list[Any] = []
     lossy: Counter[str] = Counter()
-    for event in events:
+    moved = 0
+    for seq, event in ordered:
+        if moved > _MOVE_BUDGET:
+            issues.append(
+                f"replay stopped before list event {seq}: inserts and removals inside the list had moved "
+                f"{moved} messages, far beyond any real run"
+            )
+            break
         try:
-            _apply(messages, event, lossy)
-        except (KeyError, ValueError, TypeError, IndexError) as exc:
-            issues.append(f"event {event.name} could not be replayed: {exc!r}")
+            moved += _apply(messages, seq, event, lossy, issues)
+        except KeyError as exc:
+            issues.append(f"{_label(seq, event)} lacks {exc}; not replayed")
+        except (ValueError, TypeError) as exc:
+            issues.append(f"{_label(seq, event)} not replayed: {exc}")
     issues.extend(f"{n} {_MARK_TEXT[mark]}" for mark, n in lossy.items() if n)
-    count = run.attributes.get(wire.ATTR_MESSAGES_COUNT)
-    if count is not None and count != len(messages):
-        issues.append(f"rebuilt {len(messages)} messages, the run ended with {count}")
+    count_value = run.attributes.get(wire.ATTR_MESSAGES_COUNT)
+    if count_value is not None:
+        count, problem = _count(count_value, wire.ATTR_MESSAGES_COUNT)
+        if problem:
+            issues.append(problem)
+        elif count != len(messages):
+            issues.append(f"rebuilt {len(messages)} messages, the run ended with {count}")
     return ReconstructedTrace(messages, run, issues)
 
 

@@ -9,15 +9,17 @@ the records from different sources equal rather than merely alike.
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import re
+import reprlib
 from base64 import b64decode
 from binascii import Error as BinasciiError
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import cache
-from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import DecodeError
@@ -25,8 +27,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.sdk.trace import ReadableSpan
 
 from kiln_otel.errors import MalformedTelemetryError
+from kiln_otel.json_input import JSONInputError, loads
 from kiln_otel.otlp_json import encode_otlp_json
-from kiln_otel.spans import EventRecord, SpanRecord
+from kiln_otel.spans import EventRecord, LoadedSpans, SkippedLine, SpanRecord
 
 __all__ = ["load_spans"]
 
@@ -35,6 +38,11 @@ _EXPECTED = (
     "a Jaeger /api/v3/traces or /api/traces body, or a path to a file holding one of those"
 )
 _STATUS_NAMES = ("UNSET", "OK", "ERROR")
+_BOM = b"\xef\xbb\xbf"
+_MAX_VALUE_DEPTH = 32
+"""Arrays and maps nested in one attribute value; the SDK writes flat arrays, other writers a few levels."""
+_INT64_MIN, _UINT64_END = -(2**63), 2**64
+_DECIMAL = re.compile(r"\s*[-+]?[0-9]{1,20}\s*")
 
 # Tags Jaeger's OTLP translator adds to a span for things that are not span attributes.
 _JAEGER_STATUS_CODE = "otel.status_code"
@@ -53,59 +61,119 @@ _JAEGER_EVENT_NAME = "event"
 _JAEGER_VALUE_KEYS = ("value", "vStr", "vInt64", "vBool", "vFloat64", "vBinary")
 
 
-def load_spans(source: object) -> list[SpanRecord]:
+def load_spans(source: object, *, trace_id: str | None = None) -> LoadedSpans:
     """Spans from any telemetry source kiln-otel reads, in the order the source lists them.
 
-    Raises `MalformedTelemetryError` (its cause chained) for anything it cannot read, naming what was
-    expected and what was found; an empty source gives ``[]``.
+    With ``trace_id`` (hex) only that trace's spans are kept, and JSON Lines that do not mention it
+    are skipped before they are parsed, so reading one trace out of a large file costs memory for
+    that trace and the longest line, not for the file. A line of JSON Lines that cannot be read is
+    left out and listed in the result's ``skipped`` (a writer killed mid-line leaves one), as long
+    as something else in the source could be read. Otherwise raises `MalformedTelemetryError` (its
+    cause chained), naming what was expected and what was found; an empty source gives ``[]``.
     """
+    wanted = None if trace_id is None else _Wanted(trace_id)
+    loaded = _load(source, wanted)
+    if wanted is None or not loaded:
+        return loaded
+    return LoadedSpans((record for record in loaded if record.trace_id == wanted.trace_id), loaded.skipped)
+
+
+def _load(source: object, wanted: _Wanted | None) -> LoadedSpans:
     if isinstance(source, ReadableSpan):
         return _from_readable_spans([source])
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return _from_bytes(bytes(source))
+        return _from_bytes(bytes(source), wanted)
     if isinstance(source, str):
-        return _from_text(source)
+        return _from_text(source, wanted)
     if isinstance(source, os.PathLike):
-        return _from_path(source)
+        return _from_path(source, wanted)
+    if isinstance(source, io.TextIOBase):
+        return _from_text(source.read(), wanted)
+    if isinstance(source, io.IOBase) or (callable(getattr(source, "readline", None)) and hasattr(source, "read")):
+        return _from_stream(source, wanted)  # type: ignore[arg-type]
     if isinstance(source, Mapping):
-        return _from_json_object(source, "")
+        return LoadedSpans(_from_json_object(source, ""))
     if isinstance(source, Iterable):
         return _from_iterable(source)
     raise MalformedTelemetryError(f"expected {_EXPECTED}; found a {type(source).__name__}")
 
 
-# --- Containers: files, bytes, text, iterables -------------------------------------------------
+class _Wanted:
+    """One trace id, and the spellings of it a line must contain to be worth parsing.
+
+    Hex in either case, shortened by leading zeros as Jaeger writes 64-bit ids (the suffix matches the
+    full id too), or the base64 protobuf's JSON printer uses (the first 21 characters depend on the
+    id's bytes alone).
+    """
+
+    def __init__(self, trace_id: str) -> None:
+        text = trace_id.strip().lower().removeprefix("0x")
+        if not 0 < len(text) <= 32 or any(c not in "0123456789abcdef" for c in text):
+            raise ValueError(f"trace_id must be up to 32 hex digits, got {trace_id!r}")
+        self.trace_id = text.rjust(32, "0")
+        short = self.trace_id.lstrip("0") or "0"
+        encoded = base64.b64encode(bytes.fromhex(self.trace_id))[:21]
+        self.needles = {
+            short.encode(),
+            short.upper().encode(),
+            encoded,
+            encoded.replace(b"+", b"-").replace(b"/", b"_"),
+        }
+
+    def mentioned_in(self, line: bytes) -> bool:
+        return any(needle in line for needle in self.needles)
 
 
-def _from_path(path: os.PathLike[Any]) -> list[SpanRecord]:
+# --- Containers: files, streams, bytes, text, iterables ----------------------------------------
+
+
+def _from_path(path: os.PathLike[Any], wanted: _Wanted | None) -> LoadedSpans:
     name = os.fsdecode(path)
     try:
-        data = Path(name).read_bytes()
+        with open(name, "rb") as stream:
+            return _from_stream(stream, wanted)
     except OSError as err:
         raise MalformedTelemetryError(f"could not read the telemetry file {name}: {err}") from err
-    try:
-        return _from_bytes(data)
     except MalformedTelemetryError as err:
         raise MalformedTelemetryError(f"{name}: {err}") from err
 
 
-def _from_bytes(data: bytes) -> list[SpanRecord]:
-    body = data.removeprefix(b"\xef\xbb\xbf").lstrip()
+def _from_stream(stream: BinaryIO, wanted: _Wanted | None) -> LoadedSpans:
+    """JSON Lines are read a line at a time; anything else (protobuf, one JSON document) whole."""
+    first = stream.readline()
+    head = first.removeprefix(_BOM)
+    if not head.lstrip(b" \t\r").startswith((b"{", b"[")):
+        return _from_bytes(first + stream.read(), wanted)
+    try:
+        value = _parse_json(head)
+    except MalformedTelemetryError:  # the first line of a document spread over several lines
+        return _from_bytes(first + stream.read(), wanted)
+    return _from_json_lines(enumerate(stream, start=2), wanted, first_value=value)
+
+
+def _from_bytes(data: bytes, wanted: _Wanted | None) -> LoadedSpans:
+    body = data.removeprefix(_BOM).lstrip()
     if not body:
-        return []
+        return LoadedSpans()
     if body[:1] not in (b"{", b"["):
         return _from_protobuf(data)
     try:
-        return _from_text(_utf8(data))
+        value = _parse_json(body)
     except MalformedTelemetryError as json_error:
-        # 0x0a is also protobuf's first tag (resource_spans), and a length of 0x7b or 0x5b after it
-        # makes binary data look like a JSON text that starts with a blank line.
-        if data[:1] != b"\n":
-            raise
-        return _from_protobuf_or_raise(data, json_error)
+        if b"\n" not in body.rstrip():
+            raise MalformedTelemetryError(f"expected JSON holding {_EXPECTED}; found {json_error}") from json_error
+        try:
+            return _from_json_lines(enumerate(io.BytesIO(data), start=1), wanted)
+        except MalformedTelemetryError:
+            # 0x0a is also protobuf's first tag (resource_spans), and a length of 0x7b or 0x5b after it
+            # makes binary data look like a JSON text that starts with a blank line.
+            if data[:1] != b"\n":
+                raise
+            return _from_protobuf_or_raise(data, json_error)
+    return LoadedSpans(_from_json_value(value, ""))
 
 
-def _from_protobuf_or_raise(data: bytes, error: MalformedTelemetryError) -> list[SpanRecord]:
+def _from_protobuf_or_raise(data: bytes, error: MalformedTelemetryError) -> LoadedSpans:
     try:
         return _from_protobuf(data)
     except MalformedTelemetryError:
@@ -113,19 +181,19 @@ def _from_protobuf_or_raise(data: bytes, error: MalformedTelemetryError) -> list
     raise error
 
 
-def _utf8(data: bytes) -> str:
+def _parse_json(data: bytes) -> Any:
     try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise MalformedTelemetryError(f"expected UTF-8 JSON text; found invalid UTF-8: {err}") from err
+        return loads(data)
+    except JSONInputError as err:
+        raise MalformedTelemetryError(f"{err} (it starts {data[:60]!r})") from err
 
 
-def _from_protobuf(data: bytes) -> list[SpanRecord]:
+def _from_protobuf(data: bytes) -> LoadedSpans:
     """Protobuf is read through its JSON mapping so that the one OTLP/JSON reader does all the work."""
     found = f"{len(data)} bytes starting {data[:8].hex(' ')}"
     try:
         request = ExportTraceServiceRequest.FromString(data)
-    except (DecodeError, ValueError) as err:
+    except (DecodeError, ValueError, RecursionError) as err:
         raise MalformedTelemetryError(
             f"expected {_EXPECTED}; found {found}, neither JSON nor a protobuf ExportTraceServiceRequest ({err})"
         ) from err
@@ -134,43 +202,68 @@ def _from_protobuf(data: bytes) -> list[SpanRecord]:
             f"expected a protobuf ExportTraceServiceRequest or TracesData; found {found} that hold no "
             "resource_spans (field 1), only unknown fields"
         )
-    return _from_otlp(MessageToDict(request), "")
+    return LoadedSpans(_from_otlp(MessageToDict(request), ""))
 
 
-def _from_text(text: str) -> list[SpanRecord]:
+def _from_text(text: str, wanted: _Wanted | None) -> LoadedSpans:
     stripped = text.strip().removeprefix("\ufeff").strip()
     if not stripped:
-        return []
-    try:
-        value = json.loads(stripped)
-    except json.JSONDecodeError as err:
-        if "\n" not in stripped:
-            raise MalformedTelemetryError(
-                f"expected JSON holding {_EXPECTED}; found text that is not JSON: {err} "
-                f"(it starts {stripped[:60]!r}; pass a pathlib.Path to read a file)"
-            ) from err
-        return _from_json_lines(stripped)
-    return _from_json_value(value, "")
+        return LoadedSpans()
+    if stripped[:1] not in ("{", "["):
+        raise MalformedTelemetryError(
+            f"expected JSON holding {_EXPECTED}; found text that is not JSON "
+            f"(it starts {stripped[:60]!r}; pass a pathlib.Path to read a file)"
+        )
+    return _from_bytes(stripped.encode("utf-8", "surrogatepass"), wanted)
 
 
-def _from_json_lines(text: str) -> list[SpanRecord]:
-    """The Collector's file exporter output: one complete request per line."""
-    records: list[SpanRecord] = []
-    for number, line in enumerate(text.splitlines(), start=1):
+def _from_json_lines(
+    lines: Iterable[tuple[int, bytes]], wanted: _Wanted | None, *, first_value: Any = None
+) -> LoadedSpans:
+    """The Collector's file exporter output: one complete request per line, split on ``\\n`` only.
+
+    ``str.splitlines`` would also split at U+2028, U+2029, U+0085 and other characters a JSON string
+    may hold raw. A line that cannot be read is skipped and reported; only a source with no readable
+    line at all is an error.
+    """
+    loaded = LoadedSpans() if first_value is None else LoadedSpans(_from_json_value(first_value, "line 1: "))
+    readable = first_value is not None
+    for number, line in lines:
         if not line.strip():
             continue
+        if wanted is not None and not wanted.mentioned_in(line):
+            readable = True  # not parsed, not needed: the source is not all garbage for all we know
+            continue
         try:
-            value = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise MalformedTelemetryError(
-                f"expected one JSON document or JSON Lines (one complete request per line); line {number} "
-                f"is not JSON: {err.msg} at column {err.colno} (it starts {line[:60]!r})"
-            ) from err
-        records.extend(_from_json_value(value, f"line {number}: "))
-    return records
+            records = _from_json_value(_parse_json(line), "")
+        except MalformedTelemetryError as err:
+            loaded.skipped.append(SkippedLine(number, str(err), _mentioned_trace_ids(line)))
+            continue
+        readable = True
+        loaded.extend(records)
+    if loaded.skipped and not readable:
+        first = loaded.skipped[0]
+        raise MalformedTelemetryError(
+            f"expected one JSON document or JSON Lines (one complete request per line); line {first.number} "
+            f"is not readable: {first.reason}"
+        )
+    return loaded
 
 
-def _from_iterable(items: Iterable[object]) -> list[SpanRecord]:
+_TRACE_ID_FIELD = re.compile(rb'"trace_?id"\s*:\s*"([0-9a-fA-F]{1,32}|[A-Za-z0-9+/_-]{22}==)"', re.IGNORECASE)
+
+
+def _mentioned_trace_ids(line: bytes) -> frozenset[str]:
+    ids = set()
+    for match in _TRACE_ID_FIELD.finditer(line):
+        try:
+            ids.add(_hex_id(match.group(1).decode(), 16, ""))
+        except MalformedTelemetryError:
+            continue
+    return frozenset(ids)
+
+
+def _from_iterable(items: Iterable[object]) -> LoadedSpans:
     listed = list(items)
     spans = [item for item in listed if isinstance(item, ReadableSpan)]
     if len(spans) == len(listed):
@@ -180,25 +273,30 @@ def _from_iterable(items: Iterable[object]) -> list[SpanRecord]:
             f"expected only SDK ReadableSpans or only parsed JSON bodies; found {len(spans)} ReadableSpans "
             f"mixed with {len(listed) - len(spans)} other items"
         )
-    return _from_json_value(listed, "")
+    return LoadedSpans(_from_json_value(listed, ""))
 
 
-def _from_readable_spans(spans: Sequence[ReadableSpan]) -> list[SpanRecord]:
+def _from_readable_spans(spans: Sequence[ReadableSpan]) -> LoadedSpans:
     """Through the exporter's own encoding, so in-memory spans read exactly as their exported copy.
 
     One span at a time: the encoder groups spans by resource and scope, which would reorder them.
     """
-    return [record for span in spans for record in _from_otlp(encode_otlp_json([span]), "")]
+    return LoadedSpans(record for span in spans for record in _from_otlp(encode_otlp_json([span]), ""))
 
 
 # --- Parsed JSON: which body is it -------------------------------------------------------------
 
 
 def _from_json_value(value: object, where: str) -> list[SpanRecord]:
+    """A body, or a list of bodies (one level: a list inside the list is not something anyone writes)."""
+    if isinstance(value, list):
+        return [record for index, item in enumerate(value) for record in _from_json_body(item, f"{where}[{index}]")]
+    return _from_json_body(value, where)
+
+
+def _from_json_body(value: object, where: str) -> list[SpanRecord]:
     if isinstance(value, Mapping):
         return _from_json_object(value, where)
-    if isinstance(value, list):
-        return [record for index, item in enumerate(value) for record in _from_json_value(item, f"{where}[{index}]")]
     raise MalformedTelemetryError(f"{where}expected a JSON object holding {_EXPECTED}; found {_show(value)}")
 
 
@@ -214,7 +312,7 @@ def _from_json_object(body: Mapping[Any, Any], where: str) -> list[SpanRecord]:
     if "spans" in body and "traceID" in body:
         return _jaeger_trace(body, where)
     if "error" in body:
-        raise MalformedTelemetryError(f"{where}expected telemetry; found a backend error: {body['error']!r}")
+        raise MalformedTelemetryError(f"{where}expected telemetry; found a backend error: {_show(body['error'])}")
     raise MalformedTelemetryError(
         f'{where}expected an OTLP request {{"resourceSpans": [...]}}, a Jaeger /api/v3 body '
         f'{{"result": {{...}}}} or a Jaeger /api/traces body {{"data": [...]}}; found a JSON object '
@@ -277,34 +375,43 @@ def _otlp_event(event: Mapping[Any, Any], where: str) -> EventRecord:
     )
 
 
-def _otlp_attributes(owner: Mapping[Any, Any], where: str) -> dict[str, Any]:
+def _otlp_attributes(owner: Mapping[Any, Any], where: str, depth: int = 0) -> dict[str, Any]:
     attributes = {}
     for n, pair in enumerate(_list(owner, "attributes", where)):
         at = f"{where}.attributes[{n}]"
         pair = _mapping(pair, at)
-        attributes[_str(_get(pair, "key"), f"{at}.key")] = _any_value(_get(pair, "value") or {}, f"{at}.value")
+        key = _str(_get(pair, "key"), f"{at}.key")
+        attributes[key] = _any_value(_get(pair, "value") or {}, f"{at}.value", depth)
     return attributes
 
 
-def _any_value(value: object, where: str) -> Any:
+def _any_value(value: object, where: str, depth: int = 0) -> Any:
     """An OTLP ``AnyValue``; an empty one (protobuf's "no value") reads as None."""
     value = _mapping(value, where)
     for kind, decode in _ANY_VALUE_DECODERS.items():
         raw = _get(value, kind)
         if raw is not None:
-            return decode(raw, f"{where}.{kind}")
+            return decode(raw, f"{where}.{kind}", depth)
     return None
 
 
-def _array_value(array: object, where: str) -> list[Any]:
+def _nested(where: str, depth: int) -> int:
+    if depth >= _MAX_VALUE_DEPTH:
+        raise MalformedTelemetryError(f"{where}: expected values nested at most {_MAX_VALUE_DEPTH} deep")
+    return depth + 1
+
+
+def _array_value(array: object, where: str, depth: int) -> list[Any]:
+    depth = _nested(where, depth)
     items = _list(_mapping(array, where), "values", where)
-    return [_any_value(item, f"{where}.values[{n}]") for n, item in enumerate(items)]
+    return [_any_value(item, f"{where}.values[{n}]", depth) for n, item in enumerate(items)]
 
 
-def _kvlist_value(kvlist: object, where: str) -> str:
+def _kvlist_value(kvlist: object, where: str, depth: int) -> str:
     """Span attributes cannot hold maps (the SDK refuses them), so other writers' maps become JSON text."""
+    depth = _nested(where, depth)
     items = _list(_mapping(kvlist, where), "values", where)
-    return json.dumps(_otlp_attributes({"attributes": items}, where), ensure_ascii=False)
+    return json.dumps(_otlp_attributes({"attributes": items}, where, depth), ensure_ascii=False)
 
 
 def _bool(value: object, where: str) -> bool:
@@ -323,14 +430,14 @@ def _double(value: object, where: str) -> float:
     raise MalformedTelemetryError(f"{where}: expected a number; found {_show(value)}")
 
 
-_ANY_VALUE_DECODERS: dict[str, Callable[[Any, str], Any]] = {
-    "stringValue": lambda value, where: _str(value, where),
-    "boolValue": _bool,
-    "intValue": lambda value, where: _int(value, where),
-    "doubleValue": _double,
+_ANY_VALUE_DECODERS: dict[str, Callable[[Any, str, int], Any]] = {
+    "stringValue": lambda value, where, _: _str(value, where),
+    "boolValue": lambda value, where, _: _bool(value, where),
+    "intValue": lambda value, where, _: _int(value, where, signed=True),
+    "doubleValue": lambda value, where, _: _double(value, where),
     "arrayValue": _array_value,
     "kvlistValue": _kvlist_value,
-    "bytesValue": lambda value, where: _str(value, where),  # kept as the base64 the JSON carries
+    "bytesValue": lambda value, where, _: _str(value, where),  # kept as the base64 the JSON carries
 }
 
 
@@ -344,7 +451,7 @@ def _status_code(code: object, where: str) -> str:
         name = code.strip().upper().removeprefix("STATUS_CODE_")
         if name in _STATUS_NAMES:
             return name
-        if name.isdigit() and int(name) < len(_STATUS_NAMES):
+        if name in ("0", "1", "2"):
             return _STATUS_NAMES[int(name)]
     raise MalformedTelemetryError(f"{where}: expected a status code 0-2 or UNSET/OK/ERROR; found {_show(code)}")
 
@@ -356,7 +463,7 @@ def _from_jaeger_legacy(body: Mapping[Any, Any], where: str) -> list[SpanRecord]
     """``GET /api/traces/{id}``: ``{"data": [trace, ...], "errors": ...}``."""
     traces = body.get("data") or []
     if not traces and body.get("errors"):
-        raise MalformedTelemetryError(f"{where}expected Jaeger trace data; found errors: {body['errors']!r}")
+        raise MalformedTelemetryError(f"{where}expected Jaeger trace data; found errors: {_show(body['errors'])}")
     if not isinstance(traces, list):
         raise MalformedTelemetryError(f"{where}data: expected a list of Jaeger traces; found {_show(traces)}")
     return [
@@ -441,7 +548,7 @@ def _jaeger_value(item: Mapping[Any, Any], where: str, *, parse_arrays: bool) ->
     value = next((item[key] for key in _JAEGER_VALUE_KEYS if key in item), None)
     kind = str(item.get("type") or item.get("vType") or "").lower()
     if kind == "int64":
-        return _int(value, f"{where}.value")
+        return _int(value, f"{where}.value", signed=True)
     if kind == "float64":
         return _double(value, f"{where}.value")
     if kind == "bool":
@@ -465,8 +572,8 @@ def _json_array_or_text(text: str) -> Any:
     if not text.startswith("["):
         return text
     try:
-        parsed = json.loads(text)
-    except ValueError:
+        parsed = loads(text)
+    except JSONInputError:
         return text
     if isinstance(parsed, list) and all(item is None or isinstance(item, (str, bool, int, float)) for item in parsed):
         return parsed
@@ -509,18 +616,21 @@ def _str(value: object, where: str) -> str:
     return value
 
 
-def _int(value: object, where: str) -> int:
-    """int64 is a JSON string in OTLP/JSON (JavaScript numbers cannot hold it) and a number elsewhere."""
+def _int(value: object, where: str, *, signed: bool = False) -> int:
+    """int64 is a JSON string in OTLP/JSON (JavaScript numbers cannot hold it) and a number elsewhere.
+
+    Protobuf holds nothing wider than 64 bits, so anything outside int64 (``signed``) or uint64 (times,
+    counts) was not written by an OTLP encoder.
+    """
+    number = None
     if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str):
-        try:
-            return int(value.strip())
-        except ValueError:
-            pass
-    raise MalformedTelemetryError(f"{where}: expected an integer; found {_show(value)}")
+        number = value
+    elif (isinstance(value, float) and value.is_integer()) or (isinstance(value, str) and _DECIMAL.fullmatch(value)):
+        number = int(value)
+    low, end = (_INT64_MIN, -_INT64_MIN) if signed else (_INT64_MIN, _UINT64_END)
+    if number is None or not low <= number < end:
+        raise MalformedTelemetryError(f"{where}: expected a 64-bit integer; found {_show(value)}")
+    return number
 
 
 def _hex_id(value: object, size: int, where: str) -> str:
@@ -550,6 +660,11 @@ def _parent_id(value: object, where: str) -> str | None:
     return None if parent.strip("0") == "" else parent
 
 
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+_REPR.maxlevel = 3
+
+
 def _show(value: object) -> str:
-    text = repr(value)
-    return f"{type(value).__name__} {text[:80]}{'...' if len(text) > 80 else ''}"
+    """A bounded description: the value is input, and may be huge or deeply nested."""
+    return f"{type(value).__name__} {_REPR.repr(value)}"

@@ -6,10 +6,10 @@ nothing else. Ids are lowercase hex, as Jaeger and the OTLP JSON encoding show t
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["AttributeValue", "EventRecord", "SpanRecord"]
+__all__ = ["AttributeValue", "EventRecord", "LoadedSpans", "SkippedLine", "SpanRecord"]
 
 AttributeValue = str | bool | int | float | Sequence[str] | Sequence[bool] | Sequence[int] | Sequence[float]
 
@@ -35,3 +35,21 @@ class SpanRecord:
     """One of ``UNSET``, ``OK``, ``ERROR``."""
     status_message: str = ""
     dropped_events: int = 0
+
+
+@dataclass(frozen=True)
+class SkippedLine:
+    """A line of a JSON Lines source that could not be read and was left out, the rest being kept."""
+
+    number: int
+    reason: str
+    trace_ids: frozenset[str] = frozenset()
+    """Trace ids (lowercase hex) the line mentions, so a reader can tell whose spans it may have held."""
+
+
+class LoadedSpans(list[SpanRecord]):
+    """Spans read from a source (a list), plus the lines of it that had to be skipped."""
+
+    def __init__(self, records: Iterable[SpanRecord] = (), skipped: Iterable[SkippedLine] = ()) -> None:
+        super().__init__(records)
+        self.skipped = list(skipped)

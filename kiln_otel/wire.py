@@ -14,6 +14,8 @@ __all__ = [
     "ATTR_ERROR_SPAN_ID",
     "ATTR_ERROR_TYPE",
     "ATTR_EVENT_SEQ",
+    "ATTR_EXPORT_CUT",
+    "ATTR_EXPORT_ORIGINAL_SIZE",
     "ATTR_GEN_AI_AGENT_NAME",
     "ATTR_GEN_AI_CONVERSATION_ID",
     "ATTR_GEN_AI_OPERATION_NAME",
@@ -174,6 +176,12 @@ ATTR_MESSAGES_REMOVED: Final = "kiln_otel.messages.removed"
 ATTR_MESSAGES_ORDER: Final = "kiln_otel.messages.order"
 
 KNOWN_ROLES: Final = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+# --- Marks of the exporter: a span too large for one export request --------------------------
+ATTR_EXPORT_CUT: Final = "kiln_otel.export.cut"
+"""On a span (all its cuts) and on each event that lost something: string values cut at export."""
+ATTR_EXPORT_ORIGINAL_SIZE: Final = "kiln_otel.export.original_size"
+"""On a span cut at export: bytes of its OTLP encoding before the cut."""
 
 # --- What reconstruction puts into a message it could not rebuild exactly ----------------------
 MARKER_KEY: Final = "_kiln_otel"

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -338,6 +339,66 @@ def test_jaeger_unreachable(tmp_path: Path) -> None:
     assert result.returncode == EXIT_BACKEND_UNREACHABLE
     assert result.stderr.startswith("kiln-otel: could not reach")
     assert result.stderr.count("\n") == 1
+
+
+@pytest.fixture
+def trickle() -> Iterator[str]:
+    """A Jaeger that accepts, reads the request, then answers one byte a second, forever."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    stop = threading.Event()
+
+    def answer(conn: socket.socket) -> None:
+        with conn:
+            conn.recv(65536)
+            for byte in (
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n" + b"{" * 100
+            ):
+                if stop.wait(1.0):
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=answer, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    listener.close()
+
+
+def test_jaeger_timeout_is_a_total_deadline(trickle: str, tmp_path: Path) -> None:
+    """A byte a second never trips a per-read timeout; the deadline covers the whole fetch."""
+    started = time.monotonic()
+    result = kiln_otel("reconstruct", "--jaeger", trickle, "ab" * 16, "--timeout", "2", cwd=tmp_path)
+    elapsed = time.monotonic() - started
+    assert result.returncode == EXIT_BACKEND_UNREACHABLE
+    assert "did not answer in full within 2 s" in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert elapsed < 2 + 3.0, f"took {elapsed:.1f} s"  # the deadline, plus the interpreter's start
+
+
+def test_stdin_is_streamed_by_trace_id_and_a_torn_line_reported(demos: Mapping[str, Demo], tmp_path: Path) -> None:
+    demo = demos["auth"]
+    trace_id = demo.json()["trace_id"]
+    data = demo.file.read_bytes()
+    torn = data + data[: data.rindex(b",", 0, len(data) // 3)]  # cut between two ASCII bytes
+    result = kiln_otel("reconstruct", "-", "--json", cwd=tmp_path, stdin=torn)
+    assert result.returncode == EXIT_OK, result.stderr
+    assert json.loads(result.stdout) == {**demo.json()["payload"], "trace_complete": False}
+    assert "skipped line" in result.stderr
+    chosen = kiln_otel("reconstruct", "-", "--json", "--trace-id", trace_id, cwd=tmp_path, stdin=torn)
+    assert chosen.returncode == EXIT_OK, chosen.stderr
+    assert json.loads(chosen.stdout)["trace"] == demo.json()["payload"]["trace"]
 
 
 # --- Exit codes ----------------------------------------------------------------------------------

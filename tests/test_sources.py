@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -443,19 +444,25 @@ def test_malformed_sources_say_what_was_expected_and_found(source: object, words
         assert word in str(raised.value)
 
 
-def test_truncated_json_line_names_the_line(spans: tuple[ReadableSpan, ...]) -> None:
-    with pytest.raises(MalformedTelemetryError, match="line 2 is not JSON") as raised:
-        load_spans(truncated_lines(spans))
-    assert isinstance(raised.value.__cause__, json.JSONDecodeError)
+def test_a_torn_line_is_skipped_and_reported_the_rest_kept(spans: tuple[ReadableSpan, ...]) -> None:
+    loaded = load_spans(truncated_lines(spans))
+    assert loaded == [expected_record(spans[0])]
+    [skipped] = loaded.skipped
+    assert skipped.number == 2
+    assert "not JSON" in skipped.reason
+    torn_after_its_trace_id = json.dumps(encode_otlp_json(spans[1:2])).split('"spanId"')[0]
+    [skipped] = load_spans(otlp_lines(spans[:1]) + torn_after_its_trace_id).skipped
+    assert skipped.trace_ids == {expected_record(spans[1]).trace_id}
 
 
-def test_malformed_file_names_the_file(spans: tuple[ReadableSpan, ...], tmp_path: Path) -> None:
-    path = write(tmp_path / "bad.jsonl", truncated_lines(spans))
-    with pytest.raises(MalformedTelemetryError, match=r"bad\.jsonl: .*line 2"):
+def test_a_source_with_nothing_readable_names_the_line(tmp_path: Path) -> None:
+    path = write(tmp_path / "bad.jsonl", '{"resourceSpans": [\n{"torn": \n')
+    with pytest.raises(MalformedTelemetryError, match=r"bad\.jsonl: .*line 1 is not readable") as raised:
         load_spans(path)
-    with pytest.raises(MalformedTelemetryError, match="could not read") as raised:
+    assert isinstance(raised.value.__cause__, MalformedTelemetryError)
+    with pytest.raises(MalformedTelemetryError, match="could not read") as missing:
         load_spans(tmp_path / "missing.jsonl")
-    assert isinstance(raised.value.__cause__, FileNotFoundError)
+    assert isinstance(missing.value.__cause__, FileNotFoundError)
 
 
 def test_readable_spans_mixed_with_other_items(spans: tuple[ReadableSpan, ...]) -> None:
@@ -504,3 +511,60 @@ def test_attributes_and_events_survive_every_encoding(
         [record] = load_spans(source)
         assert record.attributes == plain(attributes)
         assert record.events == expected_events
+
+
+# --- One trace out of many: filtered, and JSON Lines that do not mention it never parsed -----------
+
+
+def two_traces(spans: Sequence[ReadableSpan]) -> tuple[list[ReadableSpan], str]:
+    tracer, exporter = new_tracer()
+    with tracer.start_as_current_span("other run"), tracer.start_as_current_span("other child"):
+        pass
+    return [*exporter.get_finished_spans(), *spans], expected_record(spans[0]).trace_id
+
+
+@pytest.mark.parametrize("make_source", SOURCES.values(), ids=SOURCES.keys())
+def test_trace_id_keeps_that_trace_from_every_source(
+    spans: tuple[ReadableSpan, ...],
+    make_source: Callable[[Sequence[ReadableSpan], Path], object],
+    tmp_path: Path,
+) -> None:
+    mixed, trace_id = two_traces(spans)
+    for n, spelling in enumerate((trace_id, trace_id.upper(), "0x" + trace_id)):
+        (tmp_path / str(n)).mkdir()
+        source = make_source(mixed, tmp_path / str(n))
+        assert load_spans(source, trace_id=spelling) == [expected_record(s) for s in spans]
+
+
+def test_lines_that_do_not_mention_the_trace_are_not_parsed(spans: tuple[ReadableSpan, ...]) -> None:
+    text = otlp_lines(spans) + "{not json, and about another trace}\n"
+    trace_id = expected_record(spans[0]).trace_id
+    assert load_spans(text, trace_id=trace_id).skipped == []
+    [skipped] = load_spans(text).skipped
+    assert skipped.trace_ids == frozenset()
+
+
+def test_base64_ids_are_found_by_the_line_filter(spans: tuple[ReadableSpan, ...]) -> None:
+    """protobuf's JSON printer writes ids in base64: the cheap filter must still see the trace."""
+    lines = "\n".join(MessageToJson(encode_spans([span]), indent=None) for span in spans)
+    trace_id = expected_record(spans[0]).trace_id
+    assert len(load_spans(lines, trace_id=trace_id)) == len(spans)
+    assert load_spans(lines, trace_id="f" * 32) == []
+
+
+def test_a_binary_stream_is_read_line_by_line(spans: tuple[ReadableSpan, ...]) -> None:
+    stream = io.BytesIO((otlp_lines(spans) + '{"torn": ').encode())
+    loaded = load_spans(stream)
+    assert loaded == [expected_record(span) for span in spans]
+    assert [line.number for line in loaded.skipped] == [2 * len(spans)]
+
+
+def test_a_bad_trace_id_is_refused() -> None:
+    with pytest.raises(ValueError, match="hex"):
+        load_spans("{}", trace_id="not hex")
+
+
+@pytest.mark.parametrize("char", ["\u2028", "\u2029", "\x85"])  # the ones JSON allows raw
+def test_text_is_split_on_newlines_only(spans: tuple[ReadableSpan, ...], char: str) -> None:
+    lines = otlp_lines(spans).replace("boom", f"bo{char}om")  # raw, as a writer without escaping left it
+    assert load_spans(lines)[-1].status_message == f"bo{char}om ✗ — failed"
