@@ -18,10 +18,10 @@ What "unchanged" means here, and why each choice:
   (Kiln deep-copies it before each model call and assigns it to itself after each turn; both record
   nothing), and when ``_run`` leaves, Kiln's own list is given the same content, so the base
   adapter's error handling reads the list it always read.
-- Telemetry holds what Kiln's error holds. Each message is recorded as the adapter's
-  ``_messages_to_trace`` turns it into a trace message (litellm ``Message`` objects become Kiln's
-  assistant dicts), so ``reconstruct_error`` rebuilds the payload Kiln's handler served, key for key.
-  Kiln's normalisation is per message, which is what makes recording message by message exact.
+- Telemetry ends as Kiln's error does. Messages are recorded as Kiln appends them; when a run fails,
+  its list is set to the ``partial_trace`` Kiln built with its own ``_messages_to_trace`` (only the
+  messages Kiln converted are re-recorded), so ``reconstruct_error`` rebuilds the payload Kiln's
+  handler served, key for key, without kiln-otel ever calling Kiln's conversion itself.
 - The only additions are on the side: ``trace_id`` / ``span_id`` attributes on Kiln's error object,
   which Kiln never reads, so an app that opts in (kiln-otel's FastAPI handler, `error_with_trace`)
   can link to the run.
@@ -32,7 +32,7 @@ from __future__ import annotations
 import functools
 import inspect
 import threading
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
@@ -74,38 +74,6 @@ def _require_kiln() -> Any:
 
 
 # --- one adapter run -------------------------------------------------------------------------------
-class _KilnTraceRecorder:
-    """Stands in for the run's recorder: each inserted message is recorded as Kiln's trace holds it.
-
-    Kiln's own error carries ``adapter._messages_to_trace(trace_ref)``; recording the same conversion
-    per message makes the telemetry rebuild to exactly that. A message the adapter cannot convert is
-    recorded as it is (Kiln's error then has no trace at all, see docs/kiln.md).
-    """
-
-    def __init__(self, recorder: Any, adapter: Any) -> None:
-        self._recorder = recorder
-        self._adapter = adapter
-        self.lock = recorder.lock
-
-    def _as_trace_message(self, item: Any) -> Any:
-        try:
-            converted = self._adapter._messages_to_trace([item])
-        except Exception:
-            return item
-        if isinstance(converted, list) and len(converted) == 1:
-            return converted[0]
-        return item
-
-    def inserted_one(self, index: int, item: Any) -> None:
-        self._recorder.inserted_one(index, self._as_trace_message(item))
-
-    def inserted(self, index: int, items: Iterable[Any]) -> None:
-        self._recorder.inserted(index, [self._as_trace_message(item) for item in items])
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._recorder, name)
-
-
 def _run_name(adapter: Any) -> str | None:
     name = getattr(getattr(adapter, "task", None), "name", None)
     return name if isinstance(name, str) and name else None
@@ -114,9 +82,10 @@ def _run_name(adapter: Any) -> str | None:
 def _model_attributes(adapter: Any) -> tuple[str | None, dict[str, Any]]:
     run_config = getattr(adapter, "run_config", None)
     provider = getattr(run_config, "model_provider_name", None)
+    provider = getattr(provider, "value", provider)  # Kiln's ModelProviderName is an Enum
     model = getattr(run_config, "model_name", None)
     attributes = {wire.ATTR_GEN_AI_REQUEST_MODEL: model} if isinstance(model, str) and model else {}
-    return (str(provider) if provider else None), attributes
+    return (provider if isinstance(provider, str) and provider else None), attributes
 
 
 def _is_run_error(exc: BaseException) -> bool:
@@ -129,21 +98,22 @@ class AdapterRun:
 
     Explicit adoption in Kiln's base adapter (the full patch is in docs/kiln.md)::
 
-        kiln_otel_run = AdapterRun(self)
-        trace_ref: list[ChatCompletionMessageParam] = kiln_otel_run.messages
+        otel_run = AdapterRun(self)
+        trace_ref: list[ChatCompletionMessageParam] = otel_run.messages
         try:
             ...                       # Kiln's code, unchanged
         except KilnRunError as e:
-            kiln_otel_run.fail(e)
+            otel_run.fail(e)
             raise
         ...
         finally:
-            kiln_otel_run.end()
+            otel_run.end()
 
     The run span starts when the object is made and is the current span until `end` (so litellm's
     and the tools' spans nest under it); `end` must therefore run in the same task, as a ``finally``
     of the same function does (``make_current=False`` leaves the context alone). ``options`` are
-    `TracedRun`'s (``redact``, ``capture_content``, ...).
+    `TracedRun`'s (``redact``, ``capture_content``, ...). If kiln-otel itself fails to start the run,
+    the failure is logged and `messages` is a list that records nothing: Kiln's run goes on.
     """
 
     def __init__(
@@ -154,40 +124,42 @@ class AdapterRun:
         make_current: bool = True,
         **options: Any,
     ) -> None:
-        provider_name, attributes = _model_attributes(adapter)
         self.adapter = adapter
-        self.run = TracedRun(
-            _run_name(adapter),
+        self.bound = False
+        """Whether Kiln's list has been swapped for `messages` (once per run: the first ``_run``)."""
+        self.run: TracedRun | None = None
+        self._token: object | None = None
+        self._ended = False
+        try:
+            self.run = self._start(tracer_provider, options)
+            if make_current:
+                self._token = otel_context.attach(trace.set_span_in_context(self.run.span))
+        except Exception as internal:
+            report_internal_error("AdapterRun.__init__", internal)
+        self._messages = self.run.messages if self.run is not None else TracedMessages()
+
+    def _start(self, tracer_provider: TracerProvider | None, options: dict[str, Any]) -> TracedRun:
+        provider_name, attributes = _model_attributes(self.adapter)
+        return TracedRun(
+            _run_name(self.adapter),
             provider_name=provider_name,
             attributes=attributes,
             tracer_provider=tracer_provider,
             **options,
         )
-        self.bound = False
-        """Whether Kiln's list has been swapped for `messages` (once per run: the first ``_run``)."""
-        recorder = self.run.messages._recorder
-        if recorder is not None:
-            self.run.messages._attach(_KilnTraceRecorder(recorder, adapter))  # type: ignore[arg-type]
-        self._token: object | None = None
-        self._ended = False
-        if make_current:
-            try:
-                self._token = otel_context.attach(trace.set_span_in_context(self.run.span))
-            except Exception as internal:
-                report_internal_error("AdapterRun.__init__", internal)
 
     @property
     def messages(self) -> TracedMessages:
         """The list Kiln's adapter appends to (its ``trace_ref``): a real list that records itself."""
-        return self.run.messages
+        return self._messages
 
     @property
     def trace_id(self) -> str | None:
-        return self.run.trace_id
+        return self.run.trace_id if self.run is not None else None
 
     @property
     def span_id(self) -> str | None:
-        return self.run.span_id
+        return self.run.span_id if self.run is not None else None
 
     def fail(self, exc: BaseException) -> None:
         """Record ``exc`` on the run span and end the run; ``exc`` itself is left as it is.
@@ -195,35 +167,38 @@ class AdapterRun:
         For a run error (Kiln's ``KilnRunError``, or kiln-otel's) the span gets the error's own
         message, Kiln's user-facing text, and the exception it wraps, so ``reconstruct_error`` gives
         back Kiln's ``message`` and ``error_type``. The error object gains ``trace_id`` / ``span_id``
-        (the innermost failed run's, when runs nest), which Kiln never reads.
+        (the innermost failed run's, when runs nest), which Kiln never reads; and that run's list
+        ends as the error's ``partial_trace`` (see `_end_as_kilns_trace`).
         """
-        if not self._ended:
+        if not self._ended and self.run is not None:
             try:
-                self._record(exc)
+                self._record(self.run, exc)
             except Exception as internal:
                 report_internal_error("AdapterRun.fail", internal)
         self.end()
 
-    def _record(self, exc: BaseException) -> None:
-        redact = self.run.settings.redact
+    def _record(self, run: TracedRun, exc: BaseException) -> None:
+        redact = run.settings.redact
         if _is_run_error(exc):
             original: BaseException = exc.original  # type: ignore[attr-defined]
             message = safe_text(exc)
             description = redact(message) if redact is not None else message
-            if getattr(exc, "trace_id", None) is None and self.run.trace_id is not None:
-                exc.trace_id = self.run.trace_id  # type: ignore[attr-defined]
-                exc.span_id = self.run.span_id  # type: ignore[attr-defined]
+            if getattr(exc, "trace_id", None) is None and run.trace_id is not None:
+                exc.trace_id = run.trace_id  # type: ignore[attr-defined]
+                exc.span_id = run.span_id  # type: ignore[attr-defined]
+                _end_as_kilns_trace(run, exc.partial_trace)  # type: ignore[attr-defined]
         else:
             original = exc
             description = format_error_message(exc, redact=redact)
-        record_failure(self.run.span, original, redact, description)
+        record_failure(run.span, original, redact, description)
 
     def end(self) -> None:
         """End the run (successful unless `fail` came first). Later calls do nothing."""
         if self._ended:
             return
         self._ended = True
-        self.run.end()
+        if self.run is not None:
+            self.run.end()
         if self._token is not None:
             try:
                 otel_context.detach(self._token)  # type: ignore[arg-type]
@@ -232,13 +207,27 @@ class AdapterRun:
             self._token = None
 
 
+def _end_as_kilns_trace(run: TracedRun, partial_trace: Any) -> None:
+    """Make the recorded list end as the trace Kiln put in its error, so the rebuild equals Kiln's payload.
+
+    Messages are recorded as Kiln appends them (litellm ``Message`` objects included: a run killed
+    half-way keeps them). Kiln then builds its error's trace with the adapter's own
+    ``_messages_to_trace``, which may convert some (litellm's assistant messages become Kiln's dicts)
+    or fail (Kiln then serves no trace). Assigning that trace to the list records only what differs:
+    a delete and an insert per converted message, or one delete when Kiln serves none. Every message
+    event stays in the telemetry; the list's final state, what ``reconstruct_error`` rebuilds, is
+    Kiln's. Nothing of Kiln's is called or changed: the list is no longer Kiln's to use.
+    """
+    final = partial_trace if isinstance(partial_trace, list) else []
+    if final is not run.messages:
+        run.messages[:] = final
+
+
 # --- what the instrumentor puts in Kiln's place ------------------------------------------------------
 def _start(adapter: Any, options: dict[str, Any]) -> AdapterRun | None:
-    try:
-        return AdapterRun(adapter, **options)
-    except Exception as internal:
-        report_internal_error("KilnInstrumentor.start", internal)
-        return None
+    """The run, or None when kiln-otel could not start one (logged): Kiln's own code then runs bare."""
+    adapter_run = AdapterRun(adapter, **options)
+    return adapter_run if adapter_run.run is not None else None
 
 
 def _wrap_invoke(original: Callable[..., Any], patches: _Patches, options: dict[str, Any]) -> Callable[..., Any]:
@@ -355,7 +344,8 @@ def _step(adapter_run: AdapterRun | None) -> Iterator[None]:
         yield
         return
     token = _active.set(adapter_run)
-    span_token = otel_context.attach(trace.set_span_in_context(adapter_run.run.span))
+    span = adapter_run.run.span if adapter_run.run is not None else trace.INVALID_SPAN
+    span_token = otel_context.attach(trace.set_span_in_context(span))
     try:
         yield
     finally:
@@ -365,7 +355,8 @@ def _step(adapter_run: AdapterRun | None) -> Iterator[None]:
 
 def _abandoned(adapter_run: AdapterRun) -> None:
     try:
-        adapter_run.run.span.set_attribute(wire.ATTR_STREAM_ABANDONED, True)
+        if adapter_run.run is not None:
+            adapter_run.run.span.set_attribute(wire.ATTR_STREAM_ABANDONED, True)
     except Exception as internal:
         report_internal_error("KilnInstrumentor.abandoned", internal)
 

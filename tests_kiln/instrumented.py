@@ -1,14 +1,15 @@
-"""Run Kiln's own tests with the KilnInstrumentor on (``pytest -p tests_kiln.instrumented``).
+"""Run Kiln's own tests with kiln-otel on (``pytest -p tests_kiln.instrumented``), by either route.
 
-Instruments before any test module is imported, exports every span to memory, and holds the
-instrumentation to three promises while Kiln's tests run unchanged around it:
+``KILN_OTEL_ROUTE=instrumentor`` (the default) calls ``KilnInstrumentor().instrument()`` before any
+test module is imported; ``KILN_OTEL_ROUTE=explicit`` expects Kiln's adapters to carry docs/kiln.md's
+patch and only sets the global tracer provider they use. Either way every span is exported to memory
+and kiln-otel is held to its promises while Kiln's tests run unchanged around it:
 
 - no run span is left open (checked after every test, and for the whole session);
 - every Kiln ``KilnRunError`` a run ends with rebuilds from the exported spans to the payload Kiln's
-  own server would serve for it (``message``, ``error_type``, ``trace``), whenever the error's trace
-  came from the run's own list (a test that replaces ``_run`` with a function raising an error it
-  built by hand is counted apart: no run recorded that trace);
-- ``uninstrument`` at the end puts back the very attributes ``instrument`` replaced.
+  own server would serve for it (``message``, ``error_type``, ``trace``);
+- ``uninstrument`` at the end puts back the very attributes ``instrument`` replaced (instrumentor);
+  the patched adapters are the ones imported (explicit).
 
 A broken promise fails the session (exit status 1) after Kiln's own tests ran, with the reason.
 """
@@ -16,10 +17,12 @@ A broken promise fails the session (exit status 1) after Kiln's own tests ran, w
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Generator
 from typing import Any
 
 import pytest
+from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -29,6 +32,7 @@ from kiln_otel import kiln as kiln_otel_kiln
 from kiln_otel import reconstruct_error, wire
 
 _RUN_PREFIX = wire.OPERATION_INVOKE_AGENT
+ROUTE = os.environ.get("KILN_OTEL_ROUTE", "instrumentor")
 
 
 class _OpenSpans(SpanProcessor):
@@ -67,9 +71,19 @@ class _Promises:
         self.originals: dict[tuple[type, str], Any] = {}
         self.failures: list[BaseException] = []
         self.rebuilt_equal = 0
-        self.not_from_a_list = 0
         self.problems: list[str] = []
         self.runs_failed = 0
+
+    def start(self) -> None:
+        if ROUTE == "explicit":
+            from kiln_ai.adapters.model_adapters import base_adapter, mcp_adapter
+
+            if not (hasattr(base_adapter, "AdapterRun") and hasattr(mcp_adapter, "AdapterRun")):
+                self.problems.append(f"docs/kiln.md's patch is not in the imported {base_adapter.__file__}")
+            trace.set_tracer_provider(self.provider)
+        else:
+            self.instrument()
+        self.observe_failures()
 
     def instrument(self) -> None:
         from kiln_ai.adapters.model_adapters import adapter_stream, base_adapter, mcp_adapter
@@ -86,17 +100,15 @@ class _Promises:
         replaced = [key for key, value in self.originals.items() if key[0].__dict__[key[1]] is value]
         if replaced:
             self.problems.append(f"instrument() left these unpatched: {replaced}")
+
+    def observe_failures(self) -> None:
         fail = kiln_otel_kiln.AdapterRun.fail
 
         def observed_fail(run: kiln_otel_kiln.AdapterRun, exc: BaseException) -> None:
             fail(run, exc)
             self.runs_failed += 1
-            if not kiln_otel_kiln._is_run_error(exc):
-                return
-            if run.bound:
+            if kiln_otel_kiln._is_run_error(exc):
                 self.failures.append(exc)
-            else:  # the test replaced _run and raised an error it built: no list of this run to rebuild
-                self.not_from_a_list += 1
 
         kiln_otel_kiln.AdapterRun.fail = observed_fail  # type: ignore[method-assign]
         self._fail = fail
@@ -131,8 +143,12 @@ class _Promises:
             return
         self.rebuilt_equal += 1
 
-    def uninstrument(self) -> None:
+    def finish(self) -> None:
         kiln_otel_kiln.AdapterRun.fail = self._fail  # type: ignore[method-assign]
+        if ROUTE != "explicit":
+            self.uninstrument()
+
+    def uninstrument(self) -> None:
         self.instrumentor.uninstrument()
         changed = [key for key, value in self.originals.items() if key[0].__dict__[key[1]] is not value]
         if changed:
@@ -143,7 +159,7 @@ _promises = _Promises()
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    _promises.instrument()
+    _promises.start()
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -153,7 +169,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    _promises.uninstrument()
+    _promises.finish()
     if _promises.open_spans.open:
         _promises.problems.append(f"run spans open at the end: {sorted(_promises.open_spans.open.values())}")
     if _promises.problems:
@@ -163,9 +179,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     p = _promises
     terminalreporter.write_line(
-        f"kiln-otel: {p.open_spans.started} adapter runs traced, {p.runs_failed} failed, "
-        f"{p.rebuilt_equal} Kiln errors rebuilt equal from telemetry "
-        f"({p.not_from_a_list} not compared: raised by a test's own _run), "
+        f"kiln-otel ({ROUTE}): {p.open_spans.started} adapter runs traced, {p.runs_failed} failed, "
+        f"{p.rebuilt_equal} Kiln errors rebuilt equal from telemetry, "
         f"{len(p.open_spans.open)} run spans left open"
     )
     for problem in p.problems:
