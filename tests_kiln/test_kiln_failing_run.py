@@ -9,6 +9,10 @@ provider rate-limits: the failure Kiln's eval runner retries.
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -217,3 +221,67 @@ async def test_kiln_otel_handler_serves_kilns_own_error_with_the_links(
     assert body["trace_url"] == f"http://jaeger/trace/{body['trace_id']}"
     rebuilt = reconstruct_error(memory.get_finished_spans(), body["trace_id"])
     assert rebuilt.model_dump(mode="json", include=KILN_KEYS) == kiln_body
+
+
+async def stream_until_it_fails(task: Task) -> tuple[list[Any], BaseException]:
+    """``invoke_openai_stream`` through the tool round, then the 429: the chunks seen and what it raised."""
+    chunks: list[Any] = []
+    with ScriptedModelServer(tool_then_rate_limit) as server:
+        adapter = adapter_for(task, server)
+        with pytest.raises(Exception) as caught:  # noqa: PT011 - comparing whatever Kiln raises, stock vs traced
+            async for chunk in adapter.invoke_openai_stream("INV-7 was charged twice, refund it."):
+                chunks.append(chunk)
+    return chunks, caught.value
+
+
+async def test_a_failed_stream_raises_what_it_raised_and_its_run_keeps_the_messages(
+    task: Task, exported: tuple[TracerProvider, InMemorySpanExporter]
+) -> None:
+    provider, memory = exported
+    stock_chunks, stock_error = await stream_until_it_fails(task)
+    with instrumented(provider):
+        traced_chunks, traced_error = await stream_until_it_fails(task)
+
+    assert type(traced_error) is type(stock_error)  # Kiln's streams raise the provider's error itself
+    assert type(traced_error).__name__ == "RateLimitError"
+    assert str(traced_error) == str(stock_error)
+    assert len(traced_chunks) == len(stock_chunks) > 0
+    assert is_retryable(traced_error) is is_retryable(stock_error) is True
+    run = next(s for s in memory.get_finished_spans() if s.name == "invoke_agent refunds")
+    assert run.status.status_code is StatusCode.ERROR
+    assert run.status.description == "Rate limit exceeded. Wait a moment and try again."
+    assert run.context is not None
+    rebuilt = reconstruct_error(memory.get_finished_spans(), f"{run.context.trace_id:032x}")
+    assert rebuilt.trace is not None
+    assert [m["role"] for m in rebuilt.trace] == ["system", "user", "assistant", "tool"]
+    assert rebuilt.trace[2]["tool_calls"][0]["id"] == "call_inv_7"
+
+
+async def test_a_stream_the_caller_stops_ends_its_run_unfailed(
+    task: Task, exported: tuple[TracerProvider, InMemorySpanExporter]
+) -> None:
+    provider, memory = exported
+    with instrumented(provider), ScriptedModelServer([Turn.text("Refund issued for INV-7.")]) as server:
+        stream = adapter_for(task, server).invoke_openai_stream("Refund INV-7.")
+        iterator = stream.__aiter__()
+        first = await iterator.__anext__()
+        await iterator.aclose()
+    assert first is not None
+    run = next(s for s in memory.get_finished_spans() if s.name == "invoke_agent refunds")
+    assert run.status.status_code is StatusCode.UNSET
+    assert run.attributes is not None
+    assert run.attributes["kiln_otel.stream.abandoned"] is True
+
+
+def test_the_docs_example_runs_as_written(tmp_path: Path) -> None:
+    """docs/kiln.md section 1 is a copy-paste that works: run it as a user would."""
+    doc = (Path(__file__).parents[1] / "docs" / "kiln.md").read_text()
+    script = tmp_path / "kiln_otel_example.py"
+    script.write_text(re.findall(r"```python\n(.*?)```", doc, re.S)[0])
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert '"message": "Rate limit exceeded. Wait a moment and try again."' in done.stdout
+    assert "rebuilt from" in done.stdout
