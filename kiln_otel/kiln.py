@@ -32,7 +32,7 @@ from __future__ import annotations
 import functools
 import inspect
 import threading
-from collections.abc import AsyncIterator, Callable, Collection, Iterator
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
@@ -218,9 +218,10 @@ def _end_as_kilns_trace(run: TracedRun, partial_trace: Any) -> None:
     event stays in the telemetry; the list's final state, what ``reconstruct_error`` rebuilds, is
     Kiln's. Nothing of Kiln's is called or changed: the list is no longer Kiln's to use.
     """
-    final = partial_trace if isinstance(partial_trace, list) else []
-    if final is not run.messages:
-        run.messages[:] = final
+    if partial_trace is run.messages:  # Kiln's base adapter hands back the very list
+        return
+    is_trace = isinstance(partial_trace, Sequence) and not isinstance(partial_trace, (str, bytes))
+    run.messages[:] = list(partial_trace) if is_trace else []
 
 
 # --- what the instrumentor puts in Kiln's place ------------------------------------------------------
