@@ -21,6 +21,7 @@ UV_VERSION=0.13.8
 INSTALL_TIMEOUT="${KILN_OTEL_KILN_INSTALL_TIMEOUT:-900}"
 mkdir -p "$CACHE"
 export LITELLM_LOCAL_MODEL_COST_MAP=True  # litellm fetches a price map over the network at import otherwise
+export UV_PYTHON_DOWNLOADS=never  # the venv uses $PYTHON; uv must not fetch an interpreter
 
 unavailable() {
   echo "[kiln-tests] Kiln venv unavailable: $1" >&2

@@ -8,6 +8,7 @@ provider rate-limits: the failure Kiln's eval runner retries.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -22,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from kiln_ai.adapters.errors import KilnRunError
+from kiln_ai.adapters.errors import ErrorWithTrace, KilnRunError
 from kiln_ai.adapters.eval import eval_runner
 from kiln_ai.adapters.ml_model_list import ModelProviderName
 from kiln_ai.adapters.model_adapters.base_adapter import AdapterConfig
@@ -191,6 +192,9 @@ async def test_kilns_payload_is_unchanged_and_rebuilds_from_the_collector_file_a
     assert run.status.status_code is StatusCode.ERROR
     assert run.context is not None
     assert f"{run.context.span_id:016x}" == span_id
+    assert run.attributes is not None
+    assert run.attributes["gen_ai.provider.name"] == "openai"
+    assert run.attributes["gen_ai.request.model"] == "gpt_4o_mini"
 
     in_memory = reconstruct_error(memory.get_finished_spans(), trace_id)
     assert in_memory.model_dump(mode="json", include=KILN_KEYS) == served
@@ -285,3 +289,25 @@ def test_the_docs_example_runs_as_written(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert '"message": "Rate limit exceeded. Wait a moment and try again."' in done.stdout
     assert "rebuilt from" in done.stdout
+
+
+async def test_concurrent_runs_on_one_adapter_each_rebuild_to_their_own_payload(
+    task: Task, exported: tuple[TracerProvider, InMemorySpanExporter]
+) -> None:
+    """Kiln's eval runner invokes one adapter many times at once: runs must not share a list or a span."""
+    provider, memory = exported
+    with instrumented(provider), ScriptedModelServer(tool_then_rate_limit) as server:
+        adapter = adapter_for(task, server)
+        outcomes = await asyncio.gather(
+            *(adapter.invoke(f"Refund INV-{n}, charged twice.") for n in range(6)), return_exceptions=True
+        )
+    assert all(type(err) is KilnRunError for err in outcomes)
+    errors: list[Any] = list(outcomes)
+    assert len({err.trace_id for err in errors}) == len(errors)
+    spans = memory.get_finished_spans()
+    for n, err in enumerate(errors):
+        served = ErrorWithTrace(message=str(err), error_type=err.error_type, trace=err.partial_trace)
+        rebuilt = reconstruct_error(spans, err.trace_id)
+        assert rebuilt.model_dump(mode="json", include=KILN_KEYS) == served.model_dump(mode="json")
+        assert rebuilt.trace is not None
+        assert rebuilt.trace[1]["content"] == f"Refund INV-{n}, charged twice."
