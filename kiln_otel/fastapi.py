@@ -44,7 +44,8 @@ is its start (system prompt, first user turn: what was asked) and its end (what 
    message text is cut to fit.
 
 If building the body fails, the handler still answers: a minimal ErrorWithTrace with ``trace`` null.
-Exceptions other than `KilnRunError` are not touched: they take Starlette's normal 500 path.
+Exceptions other than the run error classes it was installed for (`KilnRunError` by default; Kiln's
+own class with ``error_classes=``) are not touched: they take Starlette's normal 500 path.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import pydantic_core
 from pydantic import BaseModel
@@ -66,7 +67,14 @@ from kiln_otel.config import DEFAULT_MAX_MESSAGE_BYTES
 from kiln_otel.encoding import message_role, truncate_json
 from kiln_otel.error_messages import GENERIC_MESSAGE, MAX_DESCRIPTION_BYTES
 from kiln_otel.errors import KilnRunError
-from kiln_otel.payload import ErrorWithTrace, trace_as_json_data
+from kiln_otel.payload import (
+    ErrorWithTrace,
+    error_with_trace,
+    run_error_ids,
+    run_error_message,
+    run_error_type,
+    trace_as_json_data,
+)
 from kiln_otel.redaction import RedactHook, RedactSetting, resolve_redactor
 from kiln_otel.span_errors import bounded_stacktrace
 
@@ -235,17 +243,8 @@ def _bound(payload: dict[str, Any], limit: int) -> dict[str, Any]:
 
 
 # --- building the response ------------------------------------------------------------------------
-def _ids(err: KilnRunError) -> tuple[str | None, str | None]:
-    """The ids as strings or None: an app may build a KilnRunError by hand with anything in them."""
-    trace_id, span_id = err.trace_id, err.span_id
-    return (
-        trace_id if isinstance(trace_id, str) else None,
-        span_id if isinstance(span_id, str) else None,
-    )
-
-
-def _traceparent(err: KilnRunError) -> dict[str, str]:
-    trace_id, span_id = _ids(err)
+def _traceparent(err: BaseException) -> dict[str, str]:
+    trace_id, span_id = run_error_ids(err)
     if _TRACE_ID.fullmatch(trace_id or "") and _SPAN_ID.fullmatch(span_id or ""):
         return {"traceparent": f"00-{trace_id}-{span_id}-01"}
     return {}
@@ -269,55 +268,67 @@ class _Options:
             raise ValueError(f"max_payload_bytes must be at least {MIN_PAYLOAD_BYTES}; got {max_payload_bytes}")
         return cls(trace_url_template, max_payload_bytes, resolve_redactor(redact), status_code)
 
-    def trace_url(self, err: KilnRunError) -> dict[str, str]:
-        trace_id, span_id = _ids(err)
+    def trace_url(self, err: BaseException) -> dict[str, str]:
+        trace_id, span_id = run_error_ids(err)
         if self.trace_url_template is None or not trace_id:
             return {}
         url = self.trace_url_template.replace("{trace_id}", trace_id)
         return {"trace_url": url.replace("{span_id}", span_id or "")}
 
-    def payload(self, err: KilnRunError) -> dict[str, Any]:
-        """The run's own redaction first (so the trace equals its telemetry), then this hook on top."""
-        payload = err.to_error_with_trace().model_dump()
+    def payload(self, err: BaseException) -> dict[str, Any]:
+        """The run's own redaction first (so the trace equals its telemetry), then this hook on top.
+
+        Kiln's own KilnRunError has no ``to_error_with_trace``: its trace is taken as Kiln built it
+        and this hook does all the redacting.
+        """
+        to_error_with_trace = getattr(err, "to_error_with_trace", None)
+        if callable(to_error_with_trace):
+            payload = to_error_with_trace().model_dump()
+        else:
+            payload = error_with_trace(err, redact=None).model_dump()
         hook = self.redact
-        if hook is not None and hook != err.redact:
+        if hook is not None and hook != getattr(err, "redact", None):
             payload["message"] = self.redacted_message(err)
             payload["trace"] = trace_as_json_data(payload["trace"], hook) if payload["trace"] else None
         return _bound({**payload, **self.trace_url(err)}, self.max_payload_bytes)
 
-    def redacted_message(self, err: KilnRunError) -> str:
-        message = err.message if isinstance(err.message, str) else GENERIC_MESSAGE
+    def redacted_message(self, err: BaseException) -> str:
+        message = run_error_message(err)
+        message = message if isinstance(message, str) else GENERIC_MESSAGE
         return bound_text(message, MAX_DESCRIPTION_BYTES, self.redact)[0]
 
-    def minimal(self, err: KilnRunError) -> dict[str, Any]:
+    def minimal(self, err: BaseException) -> dict[str, Any]:
         """The body when building the real one failed: still a valid ErrorWithTrace, with no trace."""
         try:
             message = self.redacted_message(err)
         except Exception:
             message = GENERIC_MESSAGE
-        trace_id, span_id = _ids(err)
+        trace_id, span_id = run_error_ids(err)
         fallback = ErrorWithTrace(
             message=message,
-            error_type=err.error_type,
+            error_type=run_error_type(err),
             trace_id=trace_id,
             span_id=span_id,
             trace_complete=False,
         )
         return fallback.model_dump()
 
-    def log(self, err: KilnRunError) -> None:
+    def log(self, err: BaseException) -> None:
         """The stack stays on the server; the hook masks secrets in its text as it does in the body."""
-        stack, _ = bounded_stacktrace(err.original, DEFAULT_MAX_MESSAGE_BYTES, self.redact)
+        original = getattr(err, "original", None)
+        original = original if isinstance(original, BaseException) else err
+        stack, _ = bounded_stacktrace(original, DEFAULT_MAX_MESSAGE_BYTES, self.redact)
         message = self.redacted_message(err)
+        trace_id, span_id = run_error_ids(err)
         logger.error(
             "kiln-otel: run failed (trace_id=%s span_id=%s): %s\n%s",
-            err.trace_id,
-            err.span_id,
+            trace_id,
+            span_id,
             message,
             stack,
         )
 
-    def respond(self, err: KilnRunError) -> JSONResponse:
+    def respond(self, err: BaseException) -> JSONResponse:
         try:
             self.log(err)
         except Exception as exc:
@@ -331,14 +342,16 @@ class _Options:
 
 
 def error_response(
-    err: KilnRunError,
+    err: BaseException,
     *,
     trace_url_template: str | None = None,
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     redact: RedactSetting = "default",
     status_code: int = 500,
 ) -> JSONResponse:
-    """The response `install_error_handler` sends, for apps that catch `KilnRunError` themselves.
+    """The response `install_error_handler` sends, for apps that catch a run error themselves.
+
+    ``err``: kiln-otel's `KilnRunError` or Kiln's own ``kiln_ai.adapters.errors.KilnRunError``.
 
     Same body, bound, header and server-side log as the installed handler (see the module docstring).
     Raises ValueError/TypeError only for bad arguments; a failure while building the body gives the
@@ -355,8 +368,14 @@ def install_error_handler(
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     redact: RedactSetting = "default",
     status_code: int = 500,
+    error_classes: Iterable[type[Exception]] = (KilnRunError,),
 ) -> None:
-    """Answer every `KilnRunError` a route raises with the ErrorWithTrace body (module docstring).
+    """Answer every run error a route raises with the ErrorWithTrace body (module docstring).
+
+    ``error_classes``: the run error classes to answer. Kiln keeps raising its own class (its server,
+    eval runner and MCP adapter check it): pass ``(kiln_ai.adapters.errors.KilnRunError,)``, after
+    Kiln's ``connect_custom_errors(app)`` so this handler replaces Kiln's for that class. Errors are
+    read by shape (``partial_trace``, ``original``, ``error_type``, ids when kiln-otel traced the run).
 
     ``trace_url_template``: e.g. ``http://localhost:16686/trace/{trace_id}`` (Jaeger) or a Grafana
     Explore link with ``{trace_id}``. ``redact``: the default `Redactor`, your hook, or None; it runs on
@@ -369,9 +388,10 @@ def install_error_handler(
     options = _Options.create(trace_url_template, max_payload_bytes, redact, status_code)
 
     def handle(request: Request, exc: Exception) -> Response:
-        return options.respond(cast(KilnRunError, exc))
+        return options.respond(exc)
 
-    app.add_exception_handler(KilnRunError, handle)
+    for error_class in error_classes:
+        app.add_exception_handler(error_class, handle)
     _declare_in_openapi(app, status_code)
 
 

@@ -10,20 +10,25 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, field_validator
 
 from kiln_otel._guard import report_internal_error
 from kiln_otel.config import DEFAULT_MAX_MESSAGE_BYTES
 from kiln_otel.encoding import message_json, serialize
+from kiln_otel.error_messages import safe_text
 from kiln_otel.redaction import RedactHook, RedactSetting, resolve_redactor
 from kiln_otel.wire import MARKER_KEY
 
-if TYPE_CHECKING:
-    from kiln_otel.errors import KilnRunError
-
-__all__ = ["ErrorWithTrace", "error_with_trace", "trace_as_json_data"]
+__all__ = [
+    "ErrorWithTrace",
+    "error_with_trace",
+    "run_error_ids",
+    "run_error_message",
+    "run_error_type",
+    "trace_as_json_data",
+]
 
 
 class ErrorWithTrace(BaseModel):
@@ -80,21 +85,55 @@ def _redacted_trace(trace: Sequence[Any], hook: RedactHook | None, budget: int |
     return [m for m, _ in messages], any(cut for _, cut in messages)
 
 
-def error_with_trace(error: KilnRunError, *, redact: RedactSetting = "default") -> ErrorWithTrace:
+# --- reading a run error by its shape -----------------------------------------------------------------
+# kiln-otel's KilnRunError and Kiln's own (kiln_ai.adapters.errors.KilnRunError) carry the same things
+# under the same names, but Kiln's has no ``message`` attribute and no ids unless kiln-otel traced its
+# run. Reading them by shape lets an app keep raising Kiln's class (its server, eval runner and MCP
+# adapter check that exact class) and still serve kiln-otel's payload.
+
+
+def run_error_message(error: BaseException) -> Any:
+    """``error.message`` (kiln-otel's), else ``str(error)``: Kiln's error keeps its text there only.
+
+    A ``message`` that is not a string is handed on as it is, for the caller to reject.
+    """
+    return getattr(error, "message") if hasattr(error, "message") else safe_text(error)  # noqa: B009
+
+
+def run_error_type(error: BaseException) -> str:
+    """``error.error_type`` when it is a string, else the short class name of what it wraps."""
+    error_type = getattr(error, "error_type", None)
+    if isinstance(error_type, str):
+        return error_type
+    original = getattr(error, "original", None)
+    return type(original if isinstance(original, BaseException) else error).__name__
+
+
+def run_error_ids(error: BaseException) -> tuple[str | None, str | None]:
+    """The failed run's trace and span ids as strings, or None (a hand-built error may hold anything)."""
+    trace_id, span_id = getattr(error, "trace_id", None), getattr(error, "span_id", None)
+    return (trace_id if isinstance(trace_id, str) else None, span_id if isinstance(span_id, str) else None)
+
+
+def error_with_trace(error: BaseException, *, redact: RedactSetting = "default") -> ErrorWithTrace:
+    """The payload for a run error: kiln-otel's `KilnRunError` or Kiln's own, read by shape
+    (``partial_trace``, ``original``, ``error_type``, and ``trace_id`` / ``span_id`` when traced)."""
     trace = None
-    truncated = False
+    marked = False
     try:
-        if error.partial_trace:
+        partial_trace = getattr(error, "partial_trace", None)
+        if partial_trace:
             budget = getattr(error, "max_message_bytes", None) or DEFAULT_MAX_MESSAGE_BYTES
-            trace, truncated = _redacted_trace(error.partial_trace, resolve_redactor(redact), budget)
+            trace, marked = _redacted_trace(partial_trace, resolve_redactor(redact), budget)
     except Exception as exc:
         report_internal_error("error_with_trace", exc)
         trace = None
+    trace_id, span_id = run_error_ids(error)
     return ErrorWithTrace(
-        message=error.message,
-        error_type=error.error_type,
+        message=run_error_message(error),
+        error_type=run_error_type(error),
         trace=trace,
-        trace_id=error.trace_id,
-        span_id=error.span_id,
-        trace_complete=not truncated,
+        trace_id=trace_id,
+        span_id=span_id,
+        trace_complete=not marked,
     )

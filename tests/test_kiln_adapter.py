@@ -1,5 +1,7 @@
-"""An adapter written the way Kiln writes its adapters, adopting kiln-otel as docs/kiln.md says.
+"""An adapter shaped like Kiln's that adopts kiln-otel's own `traced_run` and `KilnRunError`.
 
+For apps built like Kiln that take kiln-otel's error class as theirs. Kiln itself keeps its own class
+(docs/kiln.md; its real adapters are tested in their own venv, tests_kiln/ via scripts/kiln-tests.sh).
 The base class creates the message list and hands it to ``_run`` (Kiln's ``trace_ref``); the subclass
 deep-copies it before every model call, appends pydantic messages shaped like litellm's ``Message``,
 runs tools, and assigns the turn's messages back onto the list after every turn. None of that may
