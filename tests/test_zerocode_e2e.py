@@ -28,8 +28,6 @@ from kiln_otel.testing import Fault, ScriptedModelServer, Turn
 from tests.backends import Pipeline, otlp_spans
 from tests.zerocode_app import PLANTED_KEY
 
-pytestmark = pytest.mark.backends
-
 APP = Path(__file__).with_name("zerocode_app.py")
 CLIENT_MASK = "[REDACTED:openai_key]"
 STREAMED = "Lyon's old town climbs the hill of Fourvière in narrow lanes and hidden traboules."
@@ -80,6 +78,25 @@ def run_app(pipeline: Pipeline, protocol: str, service: str, tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
     return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def test_opentelemetry_instrument_loads_the_litellm_instrumentor_and_nothing_else_complains(tmp_path: Path) -> None:
+    """Every registered instrumentor is loaded: kiln-otel's Kiln one, in an app without Kiln, steps aside quietly."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "KILN_OTEL_"))}
+    env |= {"OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none", "OTEL_LOGS_EXPORTER": "none"}
+    env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+    code = "import litellm; print(*(hasattr(f, '__wrapped__') for f in (litellm.completion, litellm.acompletion)))"
+    done = subprocess.run(
+        [executable("opentelemetry-instrument"), sys.executable, "-c", code],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=APP_TIMEOUT_SECONDS,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "True"]
+    assert done.stderr == ""
 
 
 def client_masked(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
