@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 import uuid
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -23,6 +24,8 @@ import pytest
 
 from kiln_otel import ErrorWithTrace, reconstruct_error, wire
 from kiln_otel.errors import NotKilnTelemetryError
+from kiln_otel.export import SizeLimitedOtlpSpanExporter
+from kiln_otel.exporters import SizeLimitedSpanExporter
 from kiln_otel.sources import load_spans
 from kiln_otel.testing import Fault, ScriptedModelServer, Turn
 from tests.backends import Pipeline, otlp_spans
@@ -58,17 +61,14 @@ def app_environment(pipeline: Pipeline, protocol: str, service: str) -> dict[str
     return env
 
 
-def run_app(pipeline: Pipeline, protocol: str, service: str, tmp_path: Path) -> list[dict[str, Any]]:
-    script = [
-        Turn.text("Day one: the old town and the traboules."),
-        Turn.text("Day two: the Presqu'île and the Saône."),
-        Turn.fault(Fault.RATE_LIMIT),
-        Turn.fault(Fault.STREAM_CUT, content=STREAMED),
-    ]
+def run_app(
+    env: dict[str, str], script: list[Turn], tmp_path: Path, *app_args: str
+) -> subprocess.CompletedProcess[str]:
+    """The app under ``opentelemetry-instrument``, against a scripted server it must use up."""
     with ScriptedModelServer(script) as server:
         done = subprocess.run(
-            [executable("opentelemetry-instrument"), sys.executable, str(APP), server.base_url],
-            env=app_environment(pipeline, protocol, service),
+            [executable("opentelemetry-instrument"), sys.executable, str(APP), server.base_url, *app_args],
+            env=env,
             cwd=tmp_path,
             capture_output=True,
             text=True,
@@ -77,6 +77,20 @@ def run_app(pipeline: Pipeline, protocol: str, service: str, tmp_path: Path) -> 
         assert server.remaining == 0, f"the app made {len(server.requests)} calls; stderr:\n{done.stderr}"
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
+    return done
+
+
+def run_conversation_app(
+    pipeline: Pipeline, protocol: str, exporter: str, service: str, tmp_path: Path
+) -> list[dict[str, Any]]:
+    script = [
+        Turn.text("Day one: the old town and the traboules."),
+        Turn.text("Day two: the Presqu'île and the Saône."),
+        Turn.fault(Fault.RATE_LIMIT),
+        Turn.fault(Fault.STREAM_CUT, content=STREAMED),
+    ]
+    env = app_environment(pipeline, protocol, service) | {"OTEL_TRACES_EXPORTER": exporter}
+    done = run_app(env, script, tmp_path)
     return [json.loads(line) for line in done.stdout.splitlines()]
 
 
@@ -97,6 +111,24 @@ def test_opentelemetry_instrument_loads_the_litellm_instrumentor_and_nothing_els
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True", "True"]
     assert done.stderr == ""
+
+
+@pytest.mark.parametrize(("protocol", "module"), [("grpc", "grpc"), ("http/protobuf", "http")])
+def test_kiln_otel_otlp_is_a_traces_exporter_the_sdk_configurator_can_build(
+    monkeypatch: pytest.MonkeyPatch, protocol: str, module: str
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+    monkeypatch.setenv("KILN_OTEL_MAX_REQUEST_BYTES", "65536")
+    (entry,) = entry_points(group="opentelemetry_traces_exporter", name="kiln_otel_otlp")
+    exporter_class = entry.load()
+    assert exporter_class is SizeLimitedOtlpSpanExporter
+    exporter = exporter_class()  # as the configurator builds it: no arguments, the environment decides
+    try:
+        assert isinstance(exporter, SizeLimitedSpanExporter)
+        assert exporter.max_request_bytes == 65536
+        assert type(exporter.exporter).__module__ == f"opentelemetry.exporter.otlp.proto.{module}.trace_exporter"
+    finally:
+        exporter.shutdown()
 
 
 def client_masked(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -120,12 +152,13 @@ def kiln_otel_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+@pytest.mark.parametrize(("protocol", "exporter"), [("grpc", "kiln_otel_otlp"), ("http/protobuf", "otlp")])
 def test_opentelemetry_instrument_alone_keeps_the_failed_calls_conversations(
-    pipeline: Pipeline, tmp_path: Path, protocol: str
+    pipeline: Pipeline, tmp_path: Path, protocol: str, exporter: str
 ) -> None:
+    """With the README's settings (kiln-otel's size-limited OTLP exporter), and with the SDK's own."""
     service = f"zerocode-{uuid.uuid4().hex[:12]}"
-    calls = run_app(pipeline, protocol, service, tmp_path)
+    calls = run_conversation_app(pipeline, protocol, exporter, service, tmp_path)
     assert [(c["call"], c["error"]) for c in calls] == [
         (1, None),
         (2, None),
@@ -194,3 +227,42 @@ def test_opentelemetry_instrument_alone_keeps_the_failed_calls_conversations(
     assert transcript.returncode == 0, transcript.stderr
     assert "Describe Lyon's old town" in transcript.stdout
     assert cut["partial"].split()[0] in transcript.stdout
+
+
+BURST_CALLS = 40
+BURST_MESSAGES = 450
+"""40 failed calls, each with a 450-message history of about 1 KiB a message: about 18 MB of spans that
+leave the app in one batch, more than the collector accepts in one request (16 MiB)."""
+
+
+def test_a_burst_of_failed_calls_larger_than_the_receiver_accepts_arrives_whole_through_kiln_otel_otlp(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """``OTEL_TRACES_EXPORTER=kiln_otel_otlp`` keeps every request under the limit; the SDK's own
+    exporter, sending the batch as one request, has it refused and loses every conversation in it."""
+    script = [Turn.fault(Fault.RATE_LIMIT)] * BURST_CALLS
+    services = {exporter: f"zerocode-burst-{uuid.uuid4().hex[:8]}" for exporter in ("otlp", "kiln_otel_otlp")}
+    for exporter, service in services.items():
+        env = app_environment(pipeline, "grpc", service) | {
+            "OTEL_TRACES_EXPORTER": exporter,
+            "OTEL_BSP_SCHEDULE_DELAY": "60000",  # one batch, sent at exit
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "5",
+        }
+        done = run_app(env, script, tmp_path, "burst", str(BURST_CALLS), str(BURST_MESSAGES))
+        assert json.loads(done.stdout) == {"failed": BURST_CALLS}
+
+    trace_ids = pipeline.find_traces_v3(services["kiln_otel_otlp"], min_traces=BURST_CALLS, timeout=60)
+    assert len(trace_ids) == BURST_CALLS
+    for trace_id in trace_ids[:3]:
+        body = pipeline.fetch_jaeger_v3(trace_id, min_spans=4)  # the chat span and its 3 segments
+        payload = reconstruct_error(body, trace_id)
+        assert payload.error_type == "RateLimitError"
+        assert payload.trace is not None
+        assert len(payload.trace) == BURST_MESSAGES
+        assert payload.trace_complete
+    # Everything of the second run has arrived; nothing of the first, sent earlier, ever will.
+    with urllib.request.urlopen(f"{pipeline.jaeger_query_url}/api/services", timeout=10) as response:
+        known = json.loads(response.read())["data"]
+    assert services["kiln_otel_otlp"] in known
+    assert services["otlp"] not in known
+    assert services["otlp"] not in pipeline.file_path.read_text(encoding="utf-8", errors="replace")

@@ -1,10 +1,14 @@
 """A plain litellm app with no kiln-otel code: what a zero-code user runs under ``opentelemetry-instrument``.
 
     opentelemetry-instrument python tests/zerocode_app.py http://127.0.0.1:PORT/v1
+    opentelemetry-instrument python tests/zerocode_app.py http://127.0.0.1:PORT/v1 burst CALLS MESSAGES
 
 It holds a short conversation (the third call is rate limited), then streams an answer the server
 cuts half-way, asynchronously. For the test that runs it, it prints one JSON line per call to stdout:
 ``{"call": n, "sent": [messages], "error": class name or null, "partial": text received or null}``.
+
+``burst``: CALLS calls in quick succession, each sending its own history of MESSAGES messages of 1 KiB,
+which the server refuses (a rate-limit storm); one line ``{"failed": n}``.
 """
 
 from __future__ import annotations
@@ -53,7 +57,24 @@ async def streamed(options: dict[str, Any]) -> None:
         report(4, messages, exc, "".join(received))
 
 
-def main(base_url: str) -> None:
+def burst(options: dict[str, Any], calls: int, messages: int) -> None:
+    failed = 0
+    for call in range(calls):
+        history = [
+            {
+                "role": "user" if turn % 2 == 0 else "assistant",
+                "content": f"call {call} turn {turn}: " + "détail " * 140,
+            }
+            for turn in range(messages)  # about 1 KiB each
+        ]
+        try:
+            litellm.completion(messages=history, **options)
+        except RateLimitError:
+            failed += 1
+    print(json.dumps({"failed": failed}), flush=True)
+
+
+def main(base_url: str, mode: str = "conversation", *sizes: str) -> None:
     litellm.suppress_debug_info = True
     options: dict[str, Any] = {
         "model": "openai/scripted",
@@ -62,9 +83,12 @@ def main(base_url: str) -> None:
         "num_retries": 0,
         "timeout": 10,
     }
+    if mode == "burst":
+        burst(options, int(sizes[0]), int(sizes[1]))
+        return
     conversation(options)
     asyncio.run(streamed(options))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:])
