@@ -105,10 +105,6 @@ def assert_records_nothing(span: ReadableSpan) -> None:
     assert not message_events([span])
 
 
-async def consume(stream: Any) -> list[Any]:
-    return [chunk async for chunk in stream]
-
-
 # --------------------------------------------------------------------------------------------------
 # Failed calls: sync, async, streamed, cut
 
