@@ -23,6 +23,7 @@ __all__ = [
     "ENV_LIVE_EXPORT_DELAY",
     "ENV_MAX_MESSAGE_BYTES",
     "ENV_MAX_SPAN_BYTES",
+    "ENV_RECORD_CALL_MESSAGES",
     "Settings",
     "resolve_settings",
 ]
@@ -33,6 +34,9 @@ ENV_MAX_MESSAGE_BYTES = "KILN_OTEL_MAX_MESSAGE_BYTES"
 ENV_MAX_SPAN_BYTES = "KILN_OTEL_MAX_SPAN_BYTES"
 ENV_LIVE_EXPORT_DELAY = "KILN_OTEL_LIVE_EXPORT_DELAY"
 """Seconds a recorded message may wait before it is on an ended (exportable) span."""
+ENV_RECORD_CALL_MESSAGES = "KILN_OTEL_RECORD_CALL_MESSAGES"
+"""What a litellm call outside any run records of its messages: ``on_failure`` (default), ``always``,
+``never`` (read by `kiln_otel.litellm.call_messages`)."""
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024
 """Above this a message's JSON is cut (kept valid, marked): one tool result cannot flood a span."""

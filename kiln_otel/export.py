@@ -55,6 +55,7 @@ __all__ = [
     "ENV_TRACES_FILE",
     "SHUTDOWN_SLACK_SECONDS",
     "BoundedBatchSpanProcessor",
+    "SizeLimitedOtlpSpanExporter",
     "configure_tracing",
     "export_timeout",
     "max_request_bytes_from_env",
@@ -219,6 +220,21 @@ def _otlp_exporter(endpoint: str) -> tuple[SpanExporter, str]:
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 
     return GrpcExporter(timeout=timeout), f"OTLP/gRPC to {endpoint}"
+
+
+class SizeLimitedOtlpSpanExporter(SizeLimitedSpanExporter):
+    """``OTEL_TRACES_EXPORTER=kiln_otel_otlp``: the OTLP exporter `configure_tracing` builds, for apps
+    whose SDK something else sets up (``opentelemetry-instrument``, the distro's configurator).
+
+    The SDK's own OTLP exporter sends a whole batch as one request, however large: a burst of failed
+    calls, each carrying its conversation, can exceed the receiver's 4 MiB and lose the lot. This one
+    is gRPC, or HTTP/protobuf per ``OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL``, configured by the same
+    ``OTEL_EXPORTER_OTLP_*`` variables, with each request under ``KILN_OTEL_MAX_REQUEST_BYTES``.
+    """
+
+    def __init__(self) -> None:
+        exporter, _ = _otlp_exporter(_otlp_endpoint() or "the default endpoint")
+        super().__init__(exporter, max_request_bytes_from_env())
 
 
 def _protocol() -> str:

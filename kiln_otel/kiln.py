@@ -65,11 +65,15 @@ _active: ContextVar[AdapterRun | None] = ContextVar("kiln_otel_kiln_adapter_run"
 
 
 def _require_kiln() -> Any:
-    """Kiln's adapter modules, imported only when asked for: importing kiln_otel must stay cheap."""
+    """Kiln's adapter modules, imported only when asked for: importing kiln_otel must stay cheap.
+
+    A ModuleNotFoundError, so that ``opentelemetry-instrument`` (which loads every registered
+    instrumentor) skips this one quietly in an app without Kiln instead of logging a traceback.
+    """
     try:
         from kiln_ai.adapters.model_adapters import adapter_stream, base_adapter
     except ImportError as missing:
-        raise ImportError(f"{INSTALL_HINT} ({missing})") from missing
+        raise ModuleNotFoundError(f"{INSTALL_HINT} ({missing})", name=missing.name) from missing
     return base_adapter, adapter_stream
 
 

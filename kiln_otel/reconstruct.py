@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kiln_otel import wire
+from kiln_otel.config import ENV_RECORD_CALL_MESSAGES
 from kiln_otel.encoding import message_from_event
 from kiln_otel.errors import (
     AmbiguousTraceError,
@@ -202,8 +203,9 @@ def find_run(spans: Sequence[SpanRecord], trace_id: str | None = None, span_id: 
         if span_id is not None:
             raise TraceNotFoundError(f"no kiln-otel run span {span_id} in {where}")
         raise NotKilnTelemetryError(
-            f"{where} holds {len(spans)} span(s) but no kiln-otel run "
-            f"(no span carries {wire.ATTR_SCHEMA_VERSION}); was it recorded with traced_run?"
+            f"{where} holds {len(spans)} span(s) but no kiln-otel run (no span carries "
+            f"{wire.ATTR_SCHEMA_VERSION}): traced_run records one, and so does a litellm call made outside "
+            f"any run that failed ({ENV_RECORD_CALL_MESSAGES}=always: every call)"
         )
     traces = sorted({run.trace_id for run in runs})
     if len(traces) > 1:

@@ -32,6 +32,7 @@ Knobs (environment): ``KILN_OTEL_BACKENDS_BUILD_TIMEOUT`` (seconds, default 2400
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -42,6 +43,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
@@ -324,6 +326,15 @@ def otlp_spans(traces_data: dict[str, Any]) -> list[dict[str, Any]]:
     return spans
 
 
+def _hex_id(value: str) -> str:
+    """OTLP/JSON writes ids in hex, the protobuf JSON printer in base64 (which ends in ``=``)."""
+    return base64.b64decode(value).hex() if value.endswith("=") else value.lower().rjust(32, "0")
+
+
+def _rfc3339(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
 def _decode_json_stream(body: bytes) -> list[Any]:
     """One JSON document, or several concatenated / newline-delimited ones."""
     text = body.decode("utf-8", errors="replace").strip()
@@ -381,6 +392,30 @@ class JaegerReader:
             return n >= min_spans, doc, f"HTTP 200 with {n} span(s)"
 
         return _poll(f"trace {trace_id_hex} in Jaeger /api/v3", timeout, probe)  # type: ignore[no-any-return]
+
+    def find_traces_v3(self, service: str, min_traces: int = 1, timeout: float = 20.0) -> list[str]:
+        """Trace ids of ``service`` from the last hour, found as a user finds them: a search
+        (``GET /api/v3/traces?query.service_name=...``), polled until there are ``min_traces``."""
+        now = time.time()
+        query = urllib.parse.urlencode(
+            {
+                "query.service_name": service,
+                "query.start_time_min": _rfc3339(now - 3600),
+                "query.start_time_max": _rfc3339(now + 3600),
+                "query.num_traces": max(min_traces, 20),
+            }
+        )
+        url = f"{self.jaeger_query_url}/api/v3/traces?{query}"
+
+        def probe() -> tuple[bool, Any, str]:
+            status, body = _http_get(url)
+            if status != 200:
+                return False, None, f"HTTP {status}: {body[:500]!r}"
+            spans = otlp_spans(_merge_v3(_decode_json_stream(body)).get("result", {}))
+            found = sorted({_hex_id(_get(span, "traceId", "trace_id")) for span in spans})
+            return len(found) >= min_traces, found, f"HTTP 200 with {len(found)} trace(s)"
+
+        return _poll(f"{min_traces} trace(s) of {service} in Jaeger /api/v3", timeout, probe)  # type: ignore[no-any-return]
 
     def fetch_jaeger_v3_now(self, trace_id_hex: str) -> dict[str, Any] | None:
         """``GET /api/v3/traces/{id}`` once: the body, or None when Jaeger does not have the trace."""

@@ -339,7 +339,8 @@ def test_the_error_propagates_unchanged_and_the_span_records_it_redacted(
     assert chat.status.status_code is StatusCode.ERROR
     assert chat.attributes is not None
     assert chat.attributes["error.type"] == "litellm.exceptions.RateLimitError"
-    (event,) = chat.events
+    message, event = chat.events  # outside a run the failed call records what it was sent
+    assert message.name == "kiln_otel.message.user"
     assert event.name == "exception"
     assert event.attributes is not None
     assert event.attributes["exception.type"] == "litellm.exceptions.RateLimitError"

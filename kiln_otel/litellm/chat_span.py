@@ -32,9 +32,10 @@ from kiln_otel._guard import report_internal_error
 from kiln_otel.encoding import _field
 from kiln_otel.litellm._lazy import require_litellm
 from kiln_otel.litellm.attributes import provider_name, request_attributes, response_attributes, usage_tokens
+from kiln_otel.litellm.call_messages import CallMessages, StandaloneCall, call_messages_from_env
 from kiln_otel.litellm.metrics import ChatMetrics, chat_metrics
-from kiln_otel.redaction import RedactHook, resolve_redactor
-from kiln_otel.run import current_run
+from kiln_otel.redaction import RedactHook
+from kiln_otel.run import TracedRun, current_run
 from kiln_otel.span_errors import error_type_name, record_failure
 from kiln_otel.version import __version__
 
@@ -47,7 +48,6 @@ __all__ = [
     "inside_traced_call",
     "litellm_otel_callback_active",
     "record_failure",
-    "run_redaction",
 ]
 
 INSTRUMENTATION_SCOPE = "kiln_otel.litellm"
@@ -65,27 +65,26 @@ def inside_traced_call() -> bool:
 @dataclass(frozen=True)
 class Telemetry:
     """Where a call's span and metrics go; None means the current run's provider, else the global one,
-    resolved at call time (`in_run`)."""
+    resolved at call time (`in_run`). ``call_messages``: what a call outside any run records of its
+    messages (`kiln_otel.litellm.call_messages`); None reads ``KILN_OTEL_RECORD_CALL_MESSAGES`` per call."""
 
     tracer_provider: TracerProvider | None = None
     meter_provider: MeterProvider | None = None
+    call_messages: CallMessages | None = None
 
     def in_run(self) -> Telemetry:
         """What was not given explicitly, taken from the current run: one run's spans, one provider."""
-        run = current_run()
+        return self.within(current_run())
+
+    def within(self, run: TracedRun | None) -> Telemetry:
+        """`in_run` for a run already looked up."""
         if run is None:
             return self
         tracer_provider = self.tracer_provider if self.tracer_provider is not None else run.tracer_provider
         meter_provider = self.meter_provider if self.meter_provider is not None else run.meter_provider
         if tracer_provider is self.tracer_provider and meter_provider is self.meter_provider:
             return self
-        return Telemetry(tracer_provider, meter_provider)
-
-
-def run_redaction() -> RedactHook | None:
-    """The current run's redaction (which may be off), else the default Redactor: never raw by accident."""
-    run = current_run()
-    return run.settings.redact if run is not None else resolve_redactor("default")
+        return Telemetry(tracer_provider, meter_provider, self.call_messages)
 
 
 _CALLBACK_LISTS = (
@@ -151,10 +150,14 @@ class ChatCall:
         attributes: dict[str, AttributeValue],
         metrics: ChatMetrics | None,
         redact: RedactHook | None,
+        standalone: StandaloneCall | None = None,
     ) -> None:
         self.span = span
         self.attributes = attributes
         self.redact = redact
+        self.standalone = standalone
+        """Set outside any run: the call then resolves its own settings when it ends, and may record its
+        messages (``redact`` is unused)."""
         self._metrics = metrics
         self._started = time.perf_counter()
         self._lock = threading.Lock()
@@ -170,12 +173,17 @@ class ChatCall:
         if not is_instrumentation_enabled():
             return cls.inactive()
         try:
-            telemetry = telemetry.in_run()
+            run = current_run()
+            telemetry = telemetry.within(run)
             attributes = request_attributes(request, _known_providers())
             tracer = _tracer(telemetry.tracer_provider)
             name = wire.chat_span_name(str(attributes.get(wire.ATTR_GEN_AI_REQUEST_MODEL) or ""))
             span = tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
-            return cls(span, attributes, chat_metrics(telemetry.meter_provider), run_redaction())
+            metrics = chat_metrics(telemetry.meter_provider)
+            if run is not None:
+                return cls(span, attributes, metrics, run.settings.redact)
+            policy = telemetry.call_messages or call_messages_from_env()
+            return cls(span, attributes, metrics, None, StandaloneCall(tracer, request.get("messages"), policy))
         except Exception as exc:
             report_internal_error("ChatCall.start", exc)
             return cls.inactive()
@@ -213,6 +221,11 @@ class ChatCall:
             _in_call.reset(flag)
             otel_context.detach(token)
 
+    def streaming(self) -> None:
+        """The request went out as a stream: what it was sent is what its list holds now."""
+        if self.standalone is not None:
+            self.standalone.freeze()
+
     # --- the four endings ---------------------------------------------------------------------
     def answered(self, response: Any, record_to: MutableSequence[Any] | None, *, estimated: bool = False) -> None:
         """Append the answer to the caller's list (the app's behaviour, so outside the guard), then end."""
@@ -220,11 +233,12 @@ class ChatCall:
         if message is not None and record_to is not None:
             record_to.append(message)
         if self._claim_end():
-            self._guard("ChatCall.answered", self._record_answer, response, estimated)
+            self._guard("ChatCall.answered", self._record_answer, response, message, estimated)
 
-    def failed(self, exc: BaseException) -> None:
+    def failed(self, exc: BaseException, partial: Any = None) -> None:
+        """``partial``: what a broken stream delivered, as the message the caller's list got."""
         if self._claim_end():
-            self._guard("ChatCall.failed", self._record_failure, exc)
+            self._guard("ChatCall.failed", self._record_failure, exc, partial)
 
     def abandoned(self) -> None:
         """A stream closed or dropped before its end: not an error, so the status stays UNSET."""
@@ -264,7 +278,7 @@ class ChatCall:
         if wire.ATTR_GEN_AI_PROVIDER_NAME not in self.attributes and isinstance(litellm_provider, str):
             self._update({wire.ATTR_GEN_AI_PROVIDER_NAME: provider_name(litellm_provider)})
 
-    def _record_answer(self, response: Any, estimated: bool) -> None:
+    def _record_answer(self, response: Any, message: Any, estimated: bool) -> None:
         hidden = getattr(response, "_hidden_params", None)
         if isinstance(hidden, Mapping):
             self._learn_provider(hidden.get("custom_llm_provider"))
@@ -275,11 +289,16 @@ class ChatCall:
         if self._metrics is not None:
             seconds = time.perf_counter() - self._started
             self._metrics.record(self.attributes, seconds, tokens=usage_tokens(response), estimated=estimated)
+        if self.standalone is not None:
+            self.standalone.answered(self.span, message)
         self.span.end()
 
-    def _record_failure(self, exc: BaseException) -> None:
+    def _record_failure(self, exc: BaseException, partial: Any) -> None:
         self._learn_provider(getattr(exc, "llm_provider", None))
-        record_failure(self.span, exc, self.redact)
+        if self.standalone is None:
+            record_failure(self.span, exc, self.redact)
+        else:
+            self.standalone.failed(self.span, exc, partial)
         if self._metrics is not None:
             seconds = time.perf_counter() - self._started
             self._metrics.record(self.attributes, seconds, error_type=error_type_name(exc))

@@ -124,6 +124,7 @@ def _complete(
     if not call.recording and record_to is None:
         return response
     if _is_stream(response):
+        call.streaming()
         return stream_type(response, StreamState(call, record_to))
     call.answered(response, record_to)
     return response

@@ -4,6 +4,11 @@ It replaces the module attributes ``litellm.completion`` and ``litellm.acompleti
 ``from litellm import completion`` before `instrument` keeps the original). Direct calls get a span
 but nothing is appended to any message list: only the caller knows which list is the run's. Inside
 `traced_acompletion` / `run_agent` the wrappers step aside, so no call is traced twice.
+
+This is also the zero-code route (``opentelemetry-instrument python app.py`` loads it through the
+``opentelemetry_instrumentor`` entry point): a call made outside any `traced_run` that fails records
+on its chat span the messages it was sent, so its conversation can be rebuilt from the telemetry
+(`kiln_otel.litellm.call_messages`).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 from kiln_otel.litellm._lazy import INSTALL_HINT, require_litellm
+from kiln_otel.litellm.call_messages import resolve_call_messages
 from kiln_otel.litellm.chat_span import Telemetry, inside_traced_call
 from kiln_otel.litellm.completion import call_async, call_sync
 
@@ -50,10 +56,16 @@ def _wrap_async(original: _AsyncFunc, telemetry: Telemetry) -> _AsyncFunc:
 
 
 class LiteLLMInstrumentor(BaseInstrumentor):  # type: ignore[misc]
-    """``LiteLLMInstrumentor().instrument(tracer_provider=..., meter_provider=...)``.
+    """``LiteLLMInstrumentor().instrument(tracer_provider=..., meter_provider=..., record_call_messages=...)``.
 
     A provider not given is, for each call, the current `traced_run`'s (so a run's spans stay with
     its provider), else the global one.
+
+    ``record_call_messages`` decides what a call outside any run records of its messages:
+    ``"on_failure"`` (a failed call: what it was sent, and a broken stream's partial answer),
+    ``"always"`` (successful calls too, with their answer) or ``"never"``. Not given:
+    ``KILN_OTEL_RECORD_CALL_MESSAGES``, read here, else ``"on_failure"``. Inside a run nothing is
+    recorded on the chat span: the run's list holds the messages.
 
     Honours the standard ``suppress_instrumentation`` context key. `uninstrument` puts back the very
     function objects it replaced.
@@ -65,8 +77,9 @@ class LiteLLMInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         return ("litellm >= 1.60",)
 
     def _instrument(self, **kwargs: Any) -> None:
+        record = resolve_call_messages(kwargs.get("record_call_messages"))
         litellm = require_litellm()
-        telemetry = Telemetry(kwargs.get("tracer_provider"), kwargs.get("meter_provider"))
+        telemetry = Telemetry(kwargs.get("tracer_provider"), kwargs.get("meter_provider"), record)
         originals = {name: getattr(litellm, name) for name in _WRAPPED}
         self._originals = originals
         setattr(litellm, "completion", _wrap_sync(originals["completion"], telemetry))  # noqa: B010

@@ -60,12 +60,15 @@ class StreamState:
             self.call.answered(self.response, self.record_to, estimated=estimated)
 
     def failed(self, exc: BaseException) -> None:
-        """Append what arrived BEFORE the error propagates: the caller's list is the run's trace."""
+        """Append what arrived BEFORE the error propagates: the caller's list is the run's trace.
+
+        Outside a run the chat span records it too, after the messages the call was sent.
+        """
         if self._claim():
             partial = self._partial_message(exc)
             if partial is not None and self.record_to is not None:
                 self.record_to.append(partial)
-            self.call.failed(exc)
+            self.call.failed(exc, partial)
 
     def abandoned(self) -> None:
         if self._claim():
