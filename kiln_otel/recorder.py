@@ -142,7 +142,7 @@ class Recorder:
     def inserted_one(self, index: int, item: Any) -> None:
         try:
             name, attributes, size = encode_message(item, index, self.settings)
-            if len(attributes) > 2:  # index and json alone: nothing to count
+            if len(attributes) > 3:  # index, excerpt and json alone (or capture off's three): nothing to count
                 self.truncated += _TRUNCATED in attributes
                 self.lossy += _LOSSY in attributes
             self._emit(name, attributes, size)

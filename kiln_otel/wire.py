@@ -50,9 +50,12 @@ __all__ = [
     "ATTR_MESSAGES_REMOVED",
     "ATTR_MESSAGES_TRUNCATED",
     "ATTR_MESSAGE_CAPTURED",
+    "ATTR_MESSAGE_EXCERPT",
     "ATTR_MESSAGE_INDEX",
     "ATTR_MESSAGE_JSON",
     "ATTR_MESSAGE_LOSSY",
+    "ATTR_MESSAGE_NULL_KEYS",
+    "ATTR_MESSAGE_PARTIAL",
     "ATTR_MESSAGE_ROLE",
     "ATTR_MESSAGE_SIZE",
     "ATTR_MESSAGE_TOOL_CALL_IDS",
@@ -163,6 +166,14 @@ ATTR_MESSAGE_INDEX: Final = "kiln_otel.message.index"
 ATTR_MESSAGE_ROLE: Final = "kiln_otel.message.role"
 """Only for roles outside `KNOWN_ROLES` (theirs is already in the event name)."""
 ATTR_MESSAGE_JSON: Final = "kiln_otel.message.json"
+ATTR_MESSAGE_EXCERPT: Final = "kiln_otel.message.excerpt"
+"""One line of plain text, ``role: text`` (tool calls as ``→ get_weather({"city": "Lisbon"})``), from the
+recorded (redacted) message; only when content is captured. Named to sort before the JSON: Jaeger
+lists an event's attributes by name and cuts its one-line summary after the first long value."""
+ATTR_MESSAGE_NULL_KEYS: Final = "kiln_otel.message.null_keys"
+"""The message's top-level keys whose value was null, left out of its JSON and restored on rebuild."""
+ATTR_MESSAGE_PARTIAL: Final = "kiln_otel.message.partial"
+"""True on an assistant message assembled from a stream that broke off (`PARTIAL_MESSAGE_KEY`)."""
 ATTR_MESSAGE_SIZE: Final = "kiln_otel.message.size"
 """Bytes of the message JSON before truncation; written when it was truncated or not captured."""
 ATTR_MESSAGE_TRUNCATED: Final = "kiln_otel.message.truncated"
