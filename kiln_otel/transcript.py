@@ -16,7 +16,14 @@ from kiln_otel import wire
 from kiln_otel.message_text import abbreviate, as_text, content_text, one_line
 from kiln_otel.payload import ErrorWithTrace
 
-__all__ = ["render_trace", "render_transcript"]
+__all__ = ["DEFAULT_SHOWN", "render_trace", "render_transcript"]
+
+DEFAULT_SHOWN = 30
+"""Messages a transcript shows by default: the first `_HEAD` (the task) and the last ones, which led to
+the failure and must not scroll out of a terminal; a line in between says how many were left out."""
+_HEAD = 2
+_MIN_ELIDED = 3
+"""Leaving out fewer messages than this would save less than the line that says so."""
 
 _INDENT = "    "
 _MAX_LINES = 12
@@ -47,14 +54,17 @@ class _Painter:
         return f"\x1b[{code}m{text}\x1b[0m" if self.color and code else text
 
 
-def render_transcript(payload: ErrorWithTrace, *, width: int = 100, color: bool = False) -> str:
+def render_transcript(
+    payload: ErrorWithTrace, *, width: int = 100, color: bool = False, shown: int | None = DEFAULT_SHOWN
+) -> str:
     """The payload's trace, message by message, then the error and the trace id.
 
     ``width`` bounds the lines (text is wrapped, tool arguments abbreviated; only an unbreakable name
-    or id can overrun it); ``color`` adds ANSI colours.
+    or id can overrun it); ``color`` adds ANSI colours. A trace longer than ``shown`` messages shows
+    its first two and its last ones, with a line saying how many are left out (None: all of them).
     """
     paint = _Painter(color)
-    lines = _render_messages(payload.trace, width, paint)
+    lines = _render_messages(payload.trace, width, paint, shown)
     if not payload.trace_complete:
         lines.append(paint("mark", "! the trace is incomplete: the telemetry it was rebuilt from lost something"))
     lines.extend(_error_lines(payload.error_type, payload.message, width, paint))
@@ -69,22 +79,35 @@ def render_trace(
     note: str | None = None,
     width: int = 100,
     color: bool = False,
+    shown: int | None = DEFAULT_SHOWN,
 ) -> str:
     """A run that did not fail (or any message list): the same transcript, with ``note`` at the end."""
     paint = _Painter(color)
-    lines = _render_messages(messages, width, paint)
+    lines = _render_messages(messages, width, paint, shown)
     if note:
         lines.append(paint("mark", note))
     lines.extend(_trace_lines(trace_id, None, width, paint))
     return "\n".join(lines) + "\n"
 
 
-def _render_messages(messages: Sequence[Any] | None, width: int, paint: _Painter) -> list[str]:
+def _render_messages(messages: Sequence[Any] | None, width: int, paint: _Painter, shown: int | None) -> list[str]:
     if not messages:
         return [paint("dim", "(no messages were recorded before the run ended)")]
+    count = len(messages)
+    if shown is None or count <= shown + _MIN_ELIDED:
+        head = tail_start = count
+    else:
+        head = min(_HEAD, max(shown - 1, 0))
+        tail_start = count - max(shown - head, 1)
     lines: list[str] = []
-    for index, message in enumerate(messages):
-        lines.extend(_render_message(index, message, max(width, 20), paint))
+    for index in range(head):
+        lines.extend(_render_message(index, messages[index], max(width, 20), paint))
+    if tail_start > head:
+        elided = tail_start - head
+        note = f"… {elided:,} message{'s' * (elided != 1)} not shown ([{head}] to [{tail_start - 1}] of {count:,})"
+        lines.append(paint("mark", note))
+    for index in range(tail_start, count):
+        lines.extend(_render_message(index, messages[index], max(width, 20), paint))
     return lines
 
 
