@@ -123,11 +123,20 @@ def bounded_stacktrace(
 
 
 def _outer_frames(exc: BaseException, elsewhere: RecordedFailure) -> tuple[list[tuple[FrameType, int]], int] | None:
-    """(frame, line) pairs above ``elsewhere.traceback`` and how many are at or below it; None when
-    that traceback is not in ``exc``'s chain any more (re-raised with another one)."""
+    """(frame, line) pairs of ``exc``'s traceback above the frames ``elsewhere`` recorded, and how many
+    it leaves out; None when none of them is in it any more (re-raised with another traceback).
+
+    Frames are compared, not traceback entries: a context manager the exception passed through
+    (``contextlib``) puts back the traceback it had before, dropping the entry of its own frame.
+    """
+    recorded = set()
+    tb = elsewhere.traceback
+    while tb is not None:
+        recorded.add(id(tb.tb_frame))
+        tb = tb.tb_next
     outer: list[tuple[FrameType, int]] = []
     tb = exc.__traceback__
-    while tb is not None and tb is not elsewhere.traceback:
+    while tb is not None and id(tb.tb_frame) not in recorded:
         outer.append((tb.tb_frame, tb.tb_lineno))
         tb = tb.tb_next
     if tb is None:
