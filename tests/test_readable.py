@@ -82,7 +82,8 @@ def test_long_text_is_cut_with_a_mark_and_tool_calls_stay_visible() -> None:
     text = excerpt({"role": "user", "content": long})
     assert text == f"user: {long[:EXCERPT_CHARS]}…"  # marked as cut
     with_call = excerpt({"role": "assistant", "content": long, "tool_calls": [CALL]})
-    assert with_call is not None and with_call.endswith('→ get_weather({"city": "Lisbon"})')
+    assert with_call is not None
+    assert with_call.endswith('→ get_weather({"city": "Lisbon"})')
 
 
 def test_excerpt_sorts_before_the_json_and_is_absent_without_content() -> None:
@@ -182,7 +183,8 @@ def test_litellm_message_objects_rebuild_with_their_nulls() -> None:
     rebuilt, marks = message_from_event(name, attributes)
     assert marks == {}
     assert rebuilt == trace_as_json_data([message], "default")[0]
-    assert rebuilt["content"] is None and rebuilt["function_call"] is None
+    assert rebuilt["content"] is None
+    assert rebuilt["function_call"] is None
 
 
 def test_a_cut_stream_is_an_event_attribute(tracing: Tracing) -> None:
@@ -230,7 +232,8 @@ def test_a_tools_timeout_is_the_tools_and_its_stack_is_recorded_once(tracing: Tr
     assert f"see the exception event of span {tool_id}]" in str(run_event.attributes["exception.stacktrace"])
     inner = str(tool_event.attributes["exception.stacktrace"])
     outer = str(run_event.attributes["exception.stacktrace"])
-    assert "in _invoke" in inner and "in _invoke" not in outer  # the tool's frames, once
+    assert "in _invoke" in inner
+    assert "in _invoke" not in outer
     assert "in run_agent" in outer  # the run's own frames stay on the run span
     assert run_event.attributes["exception.message"] == tool_event.attributes["exception.message"]
     assert caught.value.to_error_with_trace() == reconstruct_error(tracing.spans())
@@ -288,7 +291,8 @@ def long_payload(count: int) -> ErrorWithTrace:
 def test_a_long_transcript_keeps_the_start_and_the_end_and_counts_what_it_leaves_out() -> None:
     text = render_transcript(long_payload(300))
     lines = text.splitlines()
-    assert lines[0] == "[0] system" and "[1] user" in lines
+    assert lines[0] == "[0] system"
+    assert "[1] user" in lines
     elided = 300 - DEFAULT_SHOWN
     assert f"… {elided} messages not shown ([2] to [{2 + elided - 1}] of 300)" in lines
     assert "[299] tool ↳ answers c299" in lines
@@ -300,4 +304,5 @@ def test_a_long_transcript_keeps_the_start_and_the_end_and_counts_what_it_leaves
 def test_short_transcripts_and_all_show_everything() -> None:
     assert "not shown" not in render_transcript(long_payload(DEFAULT_SHOWN + 3))
     every = render_transcript(long_payload(300), shown=None)
-    assert "not shown" not in every and "[150] tool" in every
+    assert "not shown" not in every
+    assert "[150] tool" in every
