@@ -216,9 +216,9 @@ async def _agent(tracing: Tracing, server: ScriptedModelServer, **kwargs: Any) -
 
 
 def test_a_tools_timeout_is_the_tools_and_its_stack_is_recorded_once(tracing: Tracing) -> None:
-    with ScriptedModelServer([Turn.tool_calls([ToolCall("get_weather", {"city": "Lisbon"})])]) as server:
-        with pytest.raises(KilnRunError) as caught:
-            asyncio.run(_agent(tracing, server))
+    script = [Turn.tool_calls([ToolCall("get_weather", {"city": "Lisbon"})])]
+    with ScriptedModelServer(script) as server, pytest.raises(KilnRunError) as caught:
+        asyncio.run(_agent(tracing, server))
     message = "The tool 'get_weather' did not finish in time. Try again, or allow the tool a longer timeout."
     assert str(caught.value) == message
     assert "model provider" not in message
