@@ -251,6 +251,15 @@ def _scroll_to(driver: Any, css: str, last: bool = True) -> None:
         time.sleep(0.5)
 
 
+def _click_all(driver: Any, css: str, last: bool = False) -> None:
+    from selenium.webdriver.common.by import By
+
+    found = driver.find_elements(By.CSS_SELECTOR, css)
+    for element in found[-1:] if last else found[:1]:
+        driver.execute_script("arguments[0].click()", element)
+        time.sleep(0.5)
+
+
 def _trace_page(driver: Any, ui: str, trace_id: str) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
@@ -273,6 +282,10 @@ def capture(driver: Any, ui: str, name: str, trace_id: str, out: Path) -> list[P
     _trace_page(driver, ui, trace_id)
     _open_span(driver, lambda text: "invoke_agent" in text)
     shot("")
+    _click_all(driver, ".SpanDetail .AccordianKeyValues--header")  # Tags (and Process) as a table
+    _click_all(driver, ".AccordianLogs--toggle", last=True)  # "show more": every log, the exception last
+    _scroll_to(driver, ".AccordianLogs .AccordianKeyValues--header")
+    shot("-details")
     if name == "long-run":
         _trace_page(driver, ui, trace_id)
         _open_span(driver, lambda text: "messages" in text, last=True)
