@@ -202,12 +202,12 @@ def test_the_ui_api_serves_excerpts_before_the_json_and_points_at_the_last_messa
     telemetry = telemetry_factory(exporter_for(pipeline, "grpc"))
     messages = conversation(count, tag="ui")
     messages[2]["function_call"] = None  # a litellm-style null: named, not written, restored
-    with pytest.raises(KilnRunError) as caught:
-        with traced_run("e2e", tracer_provider=telemetry.provider, live_export_delay=0.05) as run:
-            run.messages.extend(messages)
-            if flushed:
-                time.sleep(0.5)
-            raise TimeoutError("the model call never came back")
+    run = traced_run("e2e", tracer_provider=telemetry.provider, live_export_delay=0.05)
+    with pytest.raises(KilnRunError) as caught, run:
+        run.messages.extend(messages)
+        if flushed:
+            time.sleep(0.5)
+        raise TimeoutError("the model call never came back")
     err = caught.value
     assert telemetry.provider.force_flush(10_000)
     trace_id = str(err.trace_id)
