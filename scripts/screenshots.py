@@ -260,6 +260,17 @@ def _click_all(driver: Any, css: str, last: bool = False) -> None:
         time.sleep(0.5)
 
 
+def _click_tags(driver: Any) -> None:
+    """Open the first span detail's Tags: the table, sorted by name, instead of its one-line summary."""
+    from selenium.webdriver.common.by import By
+
+    xpath = "//div[contains(@class, 'AccordianKeyValues--header')][strong[starts-with(normalize-space(.), 'Tags')]]"
+    found = driver.find_elements(By.XPATH, xpath)
+    if found:
+        driver.execute_script("arguments[0].click()", found[0])
+        time.sleep(0.5)
+
+
 def _trace_page(driver: Any, ui: str, trace_id: str) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
@@ -282,10 +293,13 @@ def capture(driver: Any, ui: str, name: str, trace_id: str, out: Path) -> list[P
     _trace_page(driver, ui, trace_id)
     _open_span(driver, lambda text: "invoke_agent" in text)
     shot("")
-    _click_all(driver, ".SpanDetail .AccordianKeyValues--header")  # Tags (and Process) as a table
     _click_all(driver, ".AccordianLogs--toggle", last=True)  # "show more": every log, the exception last
     _scroll_to(driver, ".AccordianLogs .AccordianKeyValues--header")
     shot("-details")
+    _trace_page(driver, ui, trace_id)
+    _open_span(driver, lambda text: "invoke_agent" in text)
+    _click_tags(driver)
+    shot("-tags")
     if name == "long-run":
         _trace_page(driver, ui, trace_id)
         _open_span(driver, lambda text: "messages" in text, last=True)
