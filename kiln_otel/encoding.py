@@ -346,29 +346,37 @@ def record_json(message: Any) -> tuple[bytes, bool, tuple[str, ...]]:
     names them (``kiln_otel.message.null_keys``); rebuilding puts them back (`restore_nulls`), so the
     rebuilt message still equals the original. Nulls deeper in the message are kept as they are.
     """
-    stripped, nulls = _without_top_level_nulls(message)
-    raw, lossy = serialize(stripped)
-    return raw, lossy, nulls
-
-
-def _without_top_level_nulls(message: Any) -> tuple[Any, tuple[str, ...]]:
     if type(message) is dict:
         try:
-            if None not in message.values():
-                return message, ()
+            stripped, nulls = (message, ()) if None not in message.values() else _drop_nulls(message)
         except Exception:  # a value whose == raises (a numpy array): look by identity instead
+            stripped, nulls = _drop_nulls(message)
+        raw, lossy = serialize(stripped)
+        return raw, lossy, nulls
+    nulls = _model_nulls(message)
+    if nulls:
+        try:  # a pydantic model (litellm's Message): its own serializer, without the null fields
+            return pydantic_core.to_json(message, inf_nan_mode="constants", exclude=set(nulls)), False, nulls
+        except Exception:
             pass
-        return _drop_nulls(message)
+    raw, lossy = serialize(message)
+    return raw, lossy, ()
+
+
+def _model_nulls(message: Any) -> tuple[str, ...]:
+    """The null fields (and extras) of a pydantic model that writes them under their own names."""
+    cls = type(message)
     fields = getattr(message, "__dict__", None)
-    if fields is None or not hasattr(type(message), "__pydantic_serializer__"):
-        return message, ()
-    if not any(value is None for value in fields.values()):
-        return message, ()
-    try:  # a pydantic model (litellm's Message): its own serializer decides what its JSON is
-        plain = pydantic_core.to_jsonable_python(message, inf_nan_mode="constants")
-    except Exception:
-        return message, ()
-    return _drop_nulls(plain) if type(plain) is dict else (message, ())
+    if fields is None or not hasattr(cls, "__pydantic_serializer__"):
+        return ()
+    config = getattr(cls, "model_config", None)
+    if isinstance(config, Mapping) and config.get("serialize_by_alias"):
+        return ()
+    nulls = [key for key, value in fields.items() if value is None]
+    extra = getattr(message, "__pydantic_extra__", None)
+    if isinstance(extra, dict):
+        nulls += [key for key, value in extra.items() if value is None and type(key) is str]
+    return tuple(nulls)
 
 
 def _drop_nulls(message: dict[Any, Any]) -> tuple[dict[Any, Any], tuple[str, ...]]:
@@ -392,8 +400,8 @@ def encode_message(message: Any, index: int, settings: Settings) -> EncodedMessa
 
     A message whose fields cannot be read (a property that raises) is still recorded, marked lossy.
     """
-    read_role = _role_or_unreadable(message)
-    role = read_role if isinstance(read_role, str) else None
+    read_role = message.get("role") if type(message) is dict else _role_or_unreadable(message)
+    role = read_role if type(read_role) is str or isinstance(read_role, str) else None
     unreadable = read_role is _UNREADABLE
     attributes: dict[str, Any] = {wire.ATTR_MESSAGE_INDEX: index}
     event_name = _EVENT_NAMES.get(role) if role is not None else None
@@ -409,14 +417,7 @@ def encode_message(message: Any, index: int, settings: Settings) -> EncodedMessa
             unreadable = True
         if role == "assistant" and type(message) is dict and message.get(wire.PARTIAL_MESSAGE_KEY) is True:
             attributes[wire.ATTR_MESSAGE_PARTIAL] = True
-    if type(message) is dict:  # `record_json`, inlined for the common case
-        try:
-            stripped, nulls = (message, ()) if None not in message.values() else _drop_nulls(message)
-        except Exception:
-            stripped, nulls = _drop_nulls(message)
-    else:
-        stripped, nulls = _without_top_level_nulls(message)
-    raw, lossy = serialize(stripped)
+    raw, lossy, nulls = record_json(message)
     if lossy or unreadable:
         attributes[wire.ATTR_MESSAGE_LOSSY] = True
     if not settings.capture_content:
@@ -436,7 +437,7 @@ def encode_message(message: Any, index: int, settings: Settings) -> EncodedMessa
         excerpt = _excerpt(message, calls, text, role, budget)
     attributes[wire.ATTR_MESSAGE_EXCERPT] = excerpt
     attributes[wire.ATTR_MESSAGE_JSON] = text
-    return event_name, attributes, min(len(raw), budget) + len(excerpt)
+    return event_name, attributes, (len(raw) if len(raw) < budget else budget) + len(excerpt)
 
 
 def message_json(raw: bytes, budget: int, redact: RedactHook | None) -> tuple[str, bool]:
