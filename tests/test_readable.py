@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from litellm.types.utils import ChatCompletionMessageToolCall, Function, Message
 from opentelemetry.trace import StatusCode
 
 from kiln_otel import ErrorWithTrace, KilnRunError, format_error_message, reconstruct_error, traced_run, wire
+from kiln_otel.cli import main
 from kiln_otel.config import resolve_settings
 from kiln_otel.encoding import EXCERPT_CHARS, EXCERPT_MAX_BYTES, encode_message, message_from_event
 from kiln_otel.litellm import run_agent
@@ -304,5 +306,21 @@ def test_a_long_transcript_keeps_the_start_and_the_end_and_counts_what_it_leaves
 def test_short_transcripts_and_all_show_everything() -> None:
     assert "not shown" not in render_transcript(long_payload(DEFAULT_SHOWN + 3))
     every = render_transcript(long_payload(300), shown=None)
+    assert "not shown" not in every
+    assert "[150] tool" in every
+
+
+def test_kiln_otel_show_elides_a_long_run_and_all_shows_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    saved = tmp_path / "error.json"
+    saved.write_text(long_payload(300).model_dump_json())
+    assert main(["show", str(saved), "--color", "never"]) == 0
+    shown = capsys.readouterr().out
+    assert f"… {300 - DEFAULT_SHOWN} messages not shown" in shown
+    assert shown.rstrip().splitlines()[-2:] == [
+        "✗ RateLimitError: Rate limit exceeded.",
+        f"trace id: {'ab' * 16}",
+    ]
+    assert main(["show", str(saved), "--all", "--color", "never"]) == 0
+    every = capsys.readouterr().out
     assert "not shown" not in every
     assert "[150] tool" in every
