@@ -176,6 +176,12 @@ def _add_output_options(parser: argparse.ArgumentParser, json_help: str) -> None
         help="colour the transcript (auto: when stdout is a terminal and NO_COLOR is unset)",
     )
     parser.add_argument("--width", type=_positive_int, default=None, help="wrap the transcript at N columns")
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        dest="all_messages",
+        help="show every message of a long run (default: the first 2 and the last ones, with a count of the rest)",
+    )
 
 
 def _add_demo(commands: Any) -> None:
@@ -292,13 +298,20 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, ensure_ascii=False))
 
 
+def _shown(args: argparse.Namespace) -> int | None:
+    """How many messages a transcript shows: None (all) with --all."""
+    from kiln_otel.transcript import DEFAULT_SHOWN
+
+    return None if args.all_messages else DEFAULT_SHOWN
+
+
 def _print_payload(payload: ErrorWithTrace, args: argparse.Namespace) -> None:
     from kiln_otel.transcript import render_transcript
 
     if args.json:
         _print_json(payload.model_dump(mode="json"))
     else:
-        sys.stdout.write(render_transcript(payload, width=_width(args), color=_use_color(args)))
+        sys.stdout.write(render_transcript(payload, width=_width(args), color=_use_color(args), shown=_shown(args)))
 
 
 def _note(message: str) -> None:
@@ -327,13 +340,20 @@ def _demo(args: argparse.Namespace) -> int:
 def _print_demo(result: DemoResult, args: argparse.Namespace) -> None:
     from kiln_otel.transcript import render_trace
 
-    if result.payload is not None:
-        _print_payload(result.payload, args)
-        print("\nErrorWithTrace JSON, as the app got it:")
+    if result.payload is not None:  # the JSON first: the transcript's last lines are what led to the failure
+        print("ErrorWithTrace JSON, as the app got it:")
         _print_json(result.payload.model_dump(mode="json"))
+        print("\nThe same run as a transcript:")
+        _print_payload(result.payload, args)
     else:
         sys.stdout.write(
-            render_trace(result.messages, trace_id=result.trace_id, width=_width(args), color=_use_color(args))
+            render_trace(
+                result.messages,
+                trace_id=result.trace_id,
+                width=_width(args),
+                color=_use_color(args),
+                shown=_shown(args),
+            )
         )
         print(f"\nFinal answer: {result.answer}")
     print(f"\nspans exported: {result.export}")
@@ -432,7 +452,9 @@ def _print_unfailed(trace: ReconstructedTrace, args: argparse.Namespace) -> None
         return
     note = f"this run did not fail (status {status}): there is no error, its trace is shown as recorded"
     sys.stdout.write(
-        render_trace(trace, trace_id=trace.trace_id, note=note, width=_width(args), color=_use_color(args))
+        render_trace(
+            trace, trace_id=trace.trace_id, note=note, width=_width(args), color=_use_color(args), shown=_shown(args)
+        )
     )
 
 

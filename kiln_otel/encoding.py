@@ -16,19 +16,25 @@ from typing import Any
 import pydantic_core
 
 from kiln_otel import wire
-from kiln_otel.bounded import bound_text, redacted_head, utf8_size
+from kiln_otel.bounded import bound_text, cut_utf8, redacted_head, utf8_size
 from kiln_otel.config import Settings
 from kiln_otel.json_input import loads
+from kiln_otel.message_text import as_text, content_text
 from kiln_otel.redaction import RedactHook
 
 __all__ = [
+    "EXCERPT_CHARS",
+    "EXCERPT_MAX_BYTES",
     "EncodedMessage",
     "approximate_json",
     "bound_json",
     "encode_message",
+    "message_excerpt",
     "message_from_event",
     "message_json",
     "message_role",
+    "record_json",
+    "restore_nulls",
     "serialize",
     "to_jsonable",
     "truncate_json",
@@ -292,7 +298,9 @@ def _cut_strings(value: Any, limit: int, redact: RedactHook | None = None, heads
     return value
 
 
-def _tool_call_attributes(message: Any, role: str | None, attributes: dict[str, Any]) -> None:
+def _tool_call_attributes(message: Any, role: str | None, attributes: dict[str, Any]) -> str | None:
+    """The tool attributes of a tool or assistant message; for tool calls also their excerpt text
+    (``get_weather({...}), ...``), made in the same pass."""
     if role == "tool":
         call_id = _field(message, "tool_call_id")
         if isinstance(call_id, str):
@@ -300,17 +308,91 @@ def _tool_call_attributes(message: Any, role: str | None, attributes: dict[str, 
         name = _field(message, "name")
         if isinstance(name, str):
             attributes[wire.ATTR_GEN_AI_TOOL_NAME] = name
-        return
+        return None
     calls = message.get("tool_calls") if type(message) is dict else _field(message, "tool_calls")
     if not calls or not isinstance(calls, (list, tuple)):
-        return
-    attributes[wire.ATTR_MESSAGE_TOOL_CALL_IDS] = tuple([str(_field(call, "id") or "") for call in calls])
-    attributes[wire.ATTR_MESSAGE_TOOL_NAMES] = tuple([_tool_name(call) for call in calls])
+        return None
+    ids, names, shown = [], [], []
+    for call in calls:
+        if type(call) is dict:  # inlined `_call_parts`: this runs for every tool call recorded
+            function = call.get("function")
+            call_id = str(call.get("id") or "")
+            name = str((function.get("name") if type(function) is dict else _field(function, "name")) or "")
+        else:
+            call_id, name, function = _call_parts(call)
+        ids.append(call_id)
+        names.append(name)
+        shown.append(_call_excerpt(name, function))
+    attributes[wire.ATTR_MESSAGE_TOOL_CALL_IDS] = tuple(ids)
+    attributes[wire.ATTR_MESSAGE_TOOL_NAMES] = tuple(names)
+    return ", ".join(shown)
 
 
-def _tool_name(call: Any) -> str:
-    function = call.get("function") if type(call) is dict else _field(call, "function")
-    return str(_field(function, "name") or "")
+def _call_parts(call: Any) -> tuple[str, str, Any]:
+    """(id, name, function) of a tool call, a dict or an object (litellm's), "" for what is missing."""
+    if type(call) is dict:
+        call_id, function = call.get("id"), call.get("function")
+    else:
+        call_id, function = _field(call, "id"), _field(call, "function")
+    return str(call_id or ""), str(_field(function, "name") or ""), function
+
+
+def record_json(message: Any) -> tuple[bytes, bool, tuple[str, ...]]:
+    """The JSON a message's event records, whether it was approximated, and its top-level null keys.
+
+    litellm's messages carry ``content: null`` next to tool calls and ``function_call``,
+    ``provider_specific_fields``, ``audio``, ``refusal``... set to null: they fill a trace viewer's
+    box and say nothing. So the event's JSON leaves out every top-level key whose value is null and
+    names them (``kiln_otel.message.null_keys``); rebuilding puts them back (`restore_nulls`), so the
+    rebuilt message still equals the original. Nulls deeper in the message are kept as they are.
+    """
+    if type(message) is dict:
+        try:
+            stripped, nulls = (message, ()) if None not in message.values() else _drop_nulls(message)
+        except Exception:  # a value whose == raises (a numpy array): look by identity instead
+            stripped, nulls = _drop_nulls(message)
+        raw, lossy = serialize(stripped)
+        return raw, lossy, nulls
+    nulls = _model_nulls(message)
+    if nulls:
+        try:  # a pydantic model (litellm's Message): its own serializer, without the null fields
+            return pydantic_core.to_json(message, inf_nan_mode="constants", exclude=set(nulls)), False, nulls
+        except Exception:
+            pass
+    raw, lossy = serialize(message)
+    return raw, lossy, ()
+
+
+def _model_nulls(message: Any) -> tuple[str, ...]:
+    """The null fields (and extras) of a pydantic model that writes them under their own names."""
+    cls = type(message)
+    fields = getattr(message, "__dict__", None)
+    if fields is None or not hasattr(cls, "__pydantic_serializer__"):
+        return ()
+    config = getattr(cls, "model_config", None)
+    if isinstance(config, Mapping) and config.get("serialize_by_alias"):
+        return ()
+    nulls = [key for key, value in fields.items() if value is None]
+    extra = getattr(message, "__pydantic_extra__", None)
+    if isinstance(extra, dict):
+        nulls += [key for key, value in extra.items() if value is None and type(key) is str]
+    return tuple(nulls)
+
+
+def _drop_nulls(message: dict[Any, Any]) -> tuple[dict[Any, Any], tuple[str, ...]]:
+    nulls = tuple([key for key, value in message.items() if value is None and type(key) is str])
+    if not nulls:
+        return message, ()
+    return {key: value for key, value in message.items() if value is not None or type(key) is not str}, nulls
+
+
+def restore_nulls(value: Any, nulls: Any) -> Any:
+    """Put back the top-level null keys an event's JSON left out (after the others: order is not kept)."""
+    if isinstance(value, dict) and isinstance(nulls, (list, tuple)):
+        for key in nulls:
+            if isinstance(key, str):
+                value.setdefault(key, None)
+    return value
 
 
 def encode_message(message: Any, index: int, settings: Settings) -> EncodedMessage:
@@ -318,8 +400,8 @@ def encode_message(message: Any, index: int, settings: Settings) -> EncodedMessa
 
     A message whose fields cannot be read (a property that raises) is still recorded, marked lossy.
     """
-    read_role = _role_or_unreadable(message)
-    role = read_role if isinstance(read_role, str) else None
+    read_role = message.get("role") if type(message) is dict else _role_or_unreadable(message)
+    role = read_role if type(read_role) is str or isinstance(read_role, str) else None
     unreadable = read_role is _UNREADABLE
     attributes: dict[str, Any] = {wire.ATTR_MESSAGE_INDEX: index}
     event_name = _EVENT_NAMES.get(role) if role is not None else None
@@ -327,36 +409,128 @@ def encode_message(message: Any, index: int, settings: Settings) -> EncodedMessa
         event_name = wire.message_event_name(role or "")
         if role is not None:
             attributes[wire.ATTR_MESSAGE_ROLE] = role
+    calls = None
     if role == "tool" or role == "assistant":
         try:
-            _tool_call_attributes(message, role, attributes)
+            calls = _tool_call_attributes(message, role, attributes)
         except Exception:
             unreadable = True
-    raw, lossy = serialize(message)
+        if role == "assistant" and type(message) is dict and message.get(wire.PARTIAL_MESSAGE_KEY) is True:
+            attributes[wire.ATTR_MESSAGE_PARTIAL] = True
+    raw, lossy, nulls = record_json(message)
     if lossy or unreadable:
         attributes[wire.ATTR_MESSAGE_LOSSY] = True
     if not settings.capture_content:
         attributes[wire.ATTR_MESSAGE_CAPTURED] = False
         attributes[wire.ATTR_MESSAGE_SIZE] = len(raw)
         return event_name, attributes, 64
-    text, truncated = message_json(raw, settings.max_message_bytes, settings.redact)
+    budget = settings.max_message_bytes
+    text, truncated, masked = _recorded_text(raw, budget, settings.redact)
     if truncated:
         attributes[wire.ATTR_MESSAGE_TRUNCATED] = True
         attributes[wire.ATTR_MESSAGE_SIZE] = len(raw)
+    if nulls:
+        attributes[wire.ATTR_MESSAGE_NULL_KEYS] = nulls
+    if masked or truncated or unreadable or lossy:
+        excerpt = _excerpt(None, None, text, role, budget)
+    else:
+        excerpt = _excerpt(message, calls, text, role, budget)
+    attributes[wire.ATTR_MESSAGE_EXCERPT] = excerpt
     attributes[wire.ATTR_MESSAGE_JSON] = text
-    return event_name, attributes, min(len(raw), settings.max_message_bytes)
+    return event_name, attributes, (len(raw) if len(raw) < budget else budget) + len(excerpt)
 
 
 def message_json(raw: bytes, budget: int, redact: RedactHook | None) -> tuple[str, bool]:
     """A message's JSON as recorded: redacted, then cut under ``budget`` bytes; and whether it was cut."""
+    text, truncated, _ = _recorded_text(raw, budget, redact)
+    return text, truncated
+
+
+def _recorded_text(raw: bytes, budget: int, redact: RedactHook | None) -> tuple[str, bool, bool]:
+    """`message_json`, and whether redaction changed anything (then the JSON is all a reader may see)."""
     text = raw.decode()
     if len(raw) > budget:
-        return bound_json(text, budget, redact), True
+        return bound_json(text, budget, redact), True, True
     if redact is not None:
-        text = redact(text)
-        if len(text) > budget // 4 and utf8_size(text) > budget:  # its masks made it longer than the budget
-            return truncate_json(text, budget), True
-    return text, False
+        masked = redact(text)
+        if masked is not text and masked != text:
+            if len(masked) > budget // 4 and utf8_size(masked) > budget:  # masks made it longer than the budget
+                return truncate_json(masked, budget), True, True
+            return masked, False, True
+    return text, False, False
+
+
+# --- The excerpt: one line a trace viewer shows before the JSON -----------------------------------
+
+EXCERPT_CHARS = 100
+"""Characters of a message's text (content, then tool calls) in its excerpt, after the role."""
+EXCERPT_MAX_BYTES = 512
+"""An excerpt is at most this many UTF-8 bytes (and never more than the per-message budget)."""
+_EXCERPT_ALWAYS_FITS = EXCERPT_MAX_BYTES // 4
+_PARTIAL = wire.PARTIAL_MESSAGE_KEY
+_TOOL_ERROR = wire.TOOL_ERROR_KEY
+_CONTENT_BEFORE_CALLS = 60
+"""Characters of text kept before a message's tool calls: the calls matter more."""
+
+
+def _excerpt(message: Any, calls: str | None, recorded: str, role: str | None, budget: int) -> str:
+    """From the message itself when its recorded JSON is exactly its JSON, else from what was
+    recorded (redacted, cut): the excerpt must never show what the JSON does not."""
+    try:
+        if message is None:
+            message = loads(recorded)
+        text = message_excerpt(message, role, calls)
+    except Exception:  # unreadable fields, unparseable JSON: the JSON's own head still reads
+        text = None
+    if text is None:
+        text = f"{role or 'message'}: {_head(recorded)}"
+    if len(text) * 4 <= budget and len(text) <= _EXCERPT_ALWAYS_FITS:
+        return text
+    return cut_utf8(text, EXCERPT_MAX_BYTES if budget > EXCERPT_MAX_BYTES else budget)
+
+
+def message_excerpt(message: Any, role: str | None, calls: str | None = None) -> str | None:
+    """``role: text`` in one line, the text's first `EXCERPT_CHARS` characters, tool calls as
+    ``→ get_weather({"city": "Lisbon"})``; None when ``message`` has no fields to read (not a message).
+
+    ``calls``: the tool calls' text when the caller already made it (`_tool_call_attributes`).
+    """
+    if type(message) is dict or isinstance(message, Mapping):
+        get = message.get
+    elif hasattr(message, "__dict__") and not isinstance(message, type):
+        get = message.__dict__.get
+    else:
+        return None
+    content = get("content")
+    text = content if type(content) is str else content_text(content)
+    if role == "assistant":
+        label = "assistant (stream cut)" if get(_PARTIAL) is True else role
+        if calls is None:
+            found = get("tool_calls")
+            if found and isinstance(found, (list, tuple)):
+                calls = ", ".join([_call_excerpt(*_call_parts(call)[1:]) for call in found])
+    elif role == "tool":
+        label = "tool (error)" if get(_TOOL_ERROR) is True else role
+    else:
+        label = role or "message"
+    if not calls:
+        return f"{label}: {_head(text)}"
+    if text:
+        return f"{label}: {_head(text, _CONTENT_BEFORE_CALLS)} → {_head(calls)}"
+    return f"{label}: → {_head(calls)}"
+
+
+def _head(text: str, chars: int = EXCERPT_CHARS) -> str:
+    head = text[:chars]
+    if "\n" in head:
+        head = " ".join(head.split())
+    return f"{head}…" if len(text) > chars else head
+
+
+def _call_excerpt(name: str, function: Any) -> str:
+    """``name({"city": "Lisbon"})``: the arguments as the model wrote them (cut-off JSON shows as cut)."""
+    arguments = function.get("arguments") if type(function) is dict else _field(function, "arguments")
+    return f"{name}({arguments if type(arguments) is str else as_text(arguments)})"
 
 
 def _role_from_event(name: str, attributes: Mapping[str, Any]) -> str | None:
@@ -401,7 +575,7 @@ def message_from_event(name: str, attributes: Mapping[str, Any]) -> tuple[Any, d
         marks["size"] = attributes.get(wire.ATTR_MESSAGE_SIZE)
         return _skeleton(_role_from_event(name, attributes), attributes), marks
     try:
-        return loads(text), marks
+        return restore_nulls(loads(text), attributes.get(wire.ATTR_MESSAGE_NULL_KEYS)), marks
     except ValueError:
         marks["unparseable"] = True
         return {"role": _role_from_event(name, attributes), "content": text}, marks

@@ -26,6 +26,11 @@ _PROVIDER_TEXT_LIMIT = 300
 _UNAVAILABLE = "The model provider is currently unavailable. Try again in a moment."
 _CONNECTION = "Could not connect to the model provider. Check your network connection."
 _TIMEOUT = "The model provider did not respond in time. Try again, or allow a longer timeout."
+_RUN_TIMEOUT = "A step of the run did not finish in time. Try again, or allow a longer timeout."
+"""A bare ``TimeoutError`` nothing attributes: litellm reports its own timeouts as its ``Timeout``."""
+_TOOL_TIMEOUT = "The tool {tool!r} did not finish in time. Try again, or allow the tool a longer timeout."
+_TOOL_FAILED = "The tool {tool!r} failed: {text}"
+_TOOL_UNEXPECTED = "The tool {tool!r} failed with an unexpected error ({kind})."
 
 _Rule = Callable[[BaseException, str], str]
 
@@ -75,7 +80,7 @@ def _provider_text(exc: BaseException, redact: RedactHook | None) -> str:
 
 def _builtin_message(cls: type, exc: BaseException) -> str | None:
     if cls is TimeoutError:
-        return _TIMEOUT
+        return _RUN_TIMEOUT
     if cls is RuntimeError:
         text = safe_text(exc)
         if text.startswith("Too many turns"):
@@ -88,9 +93,22 @@ def _builtin_message(cls: type, exc: BaseException) -> str | None:
     return None
 
 
-def _message(exc: BaseException, redact: RedactHook | None) -> str:
+def _tool_message(exc: BaseException, tool: str) -> str:
+    """A tool's exception, named as the tool's: its own text for the kinds Kiln shows (ValueError,
+    RuntimeError), never a model provider's wording."""
+    if isinstance(exc, TimeoutError):
+        return _TOOL_TIMEOUT.format(tool=tool)
+    if isinstance(exc, (ValueError, RuntimeError)):
+        text = safe_text(exc)
+        return text if tool in text else _TOOL_FAILED.format(tool=tool, text=text)
+    return _TOOL_UNEXPECTED.format(tool=tool, kind=type(exc).__name__)
+
+
+def _message(exc: BaseException, redact: RedactHook | None, tool: str | None) -> str:
     if isinstance(exc, KilnRunError):
         return exc.message
+    if tool is not None:
+        return _tool_message(exc, tool)
     for cls in type(exc).__mro__:
         rule = _PROVIDER_RULES.get(cls.__name__)
         if rule is not None and cls.__module__.startswith(_PROVIDER_MODULES):
@@ -101,14 +119,16 @@ def _message(exc: BaseException, redact: RedactHook | None) -> str:
     return GENERIC_MESSAGE
 
 
-def format_error_message(exc: BaseException, *, redact: RedactSetting = "default") -> str:
+def format_error_message(exc: BaseException, *, redact: RedactSetting = "default", tool: str | None = None) -> str:
     """The user-facing message for a failed run; never raises, never shows an unredacted secret.
 
-    At most `MAX_DESCRIPTION_BYTES`: a 3 MB exception message is cut (after redaction), marked.
+    ``tool``: the name of the tool whose call raised ``exc`` (a run learns it from the tool's span),
+    so the message blames the tool, not the model provider. At most `MAX_DESCRIPTION_BYTES`: a 3 MB
+    exception message is cut (after redaction), marked.
     """
     hook = resolve_redactor(redact)
     try:
-        return bound_text(_message(exc, hook), MAX_DESCRIPTION_BYTES, hook)[0]
+        return bound_text(_message(exc, hook, tool), MAX_DESCRIPTION_BYTES, hook)[0]
     except Exception as internal:
         report_internal_error("format_error_message", internal)
         return GENERIC_MESSAGE

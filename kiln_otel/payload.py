@@ -16,7 +16,7 @@ from pydantic import BaseModel, field_validator
 
 from kiln_otel._guard import report_internal_error
 from kiln_otel.config import DEFAULT_MAX_MESSAGE_BYTES
-from kiln_otel.encoding import message_json, serialize
+from kiln_otel.encoding import message_json, record_json, restore_nulls
 from kiln_otel.error_messages import safe_text
 from kiln_otel.redaction import RedactHook, RedactSetting, resolve_redactor
 from kiln_otel.wire import MARKER_KEY
@@ -53,7 +53,7 @@ class ErrorWithTrace(BaseModel):
 def _jsonable(message: Any, hook: RedactHook | None, budget: int | None) -> tuple[Any, bool]:
     """The message as its event carries it, marked as `reconstruct_trace` marks it: redacted, cut to
     ``budget`` when given, and flagged lossy when it had to be approximated; True when it is marked."""
-    raw, lossy = serialize(message)
+    raw, lossy, nulls = record_json(message)
     marks: dict[str, Any] = {}
     if budget is None:
         value = json.loads(hook(raw.decode()) if hook is not None else raw)
@@ -62,6 +62,7 @@ def _jsonable(message: Any, hook: RedactHook | None, budget: int | None) -> tupl
         value = json.loads(text)
         if truncated:
             marks.update(truncated=True, original_size=len(raw))
+    restore_nulls(value, nulls)
     if lossy:
         marks["lossy"] = True
     if marks and isinstance(value, dict):

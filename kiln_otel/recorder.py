@@ -123,6 +123,7 @@ class Recorder:
         self._seq = 0
         self._length = 0
         self._segments = 0
+        self._last_segment_id: str | None = None
         self.truncated = 0
         self.lossy = 0
 
@@ -142,7 +143,7 @@ class Recorder:
     def inserted_one(self, index: int, item: Any) -> None:
         try:
             name, attributes, size = encode_message(item, index, self.settings)
-            if len(attributes) > 2:  # index and json alone: nothing to count
+            if len(attributes) > 3:  # index, excerpt and json alone (or capture off's three): nothing to count
                 self.truncated += _TRUNCATED in attributes
                 self.lossy += _LOSSY in attributes
             self._emit(name, attributes, size)
@@ -206,6 +207,7 @@ class Recorder:
         )
         _write_events(span, events)
         span.end(end_time=max(events[-1][2], events[0][2]))
+        self._last_segment_id = trace.format_span_id(span.get_span_context().span_id)
 
     def flush_due(self) -> None:
         """The flusher's call: write the buffer out if its oldest event is old enough, else ask again."""
@@ -235,9 +237,13 @@ class Recorder:
             self._closed = True
             if len(self._buffer) > self._run_span_capacity:  # leave room for the exception
                 self._write_segment()
+            last = self._last_segment_id
             if self._buffer:
                 events, self._buffer = self._buffer, []
                 _write_events(self._run_span, events)
+                last = trace.format_span_id(self._run_span.get_span_context().span_id)
+            if last is not None:
+                self._run_span.set_attribute(wire.ATTR_MESSAGES_LAST_SPAN_ID, last)
             self._run_span.set_attributes(
                 {
                     wire.ATTR_MESSAGES_COUNT: final_length,

@@ -32,7 +32,7 @@ from kiln_otel.errors import KilnRunError, ProcessExitedError, RunAbandonedError
 from kiln_otel.messages import TracedMessages
 from kiln_otel.recorder import Recorder
 from kiln_otel.redaction import RedactSetting
-from kiln_otel.span_errors import record_failure
+from kiln_otel.span_errors import FailureLog, collect_failures, record_failure, record_run_failure, stop_collecting
 from kiln_otel.version import __version__
 
 if TYPE_CHECKING:
@@ -119,6 +119,8 @@ class TracedRun:
             )
         )
         self.messages = TracedMessages()
+        self._failures = FailureLog()
+        self._failures_token: Token[FailureLog | None] | None = None
         self._recorder: Recorder | None = None
         self._end_lock = threading.Lock()
         self._ended = False
@@ -213,7 +215,9 @@ class TracedRun:
             return ProcessExitedError.default_message
         if isinstance(exc, RunInterruptedError):
             return str(exc)
-        return format_error_message(exc, redact=self.settings.redact)
+        recorded = self._failures.find(exc.original if isinstance(exc, KilnRunError) else exc)
+        tool = recorded.tool if recorded is not None else None
+        return format_error_message(exc, redact=self.settings.redact, tool=tool)
 
     def _exit_message(self, uncaught: BaseException) -> str:
         """The message of a run still open when ``uncaught`` ended the process."""
@@ -245,8 +249,13 @@ class TracedRun:
         try:
             original = exc.original if isinstance(exc, KilnRunError) else exc
             settings = self.settings
-            record_failure(
-                self.span, original, settings.redact, message or GENERIC_MESSAGE, max_bytes=settings.max_message_bytes
+            record_run_failure(
+                self.span,
+                original,
+                settings.redact,
+                message or GENERIC_MESSAGE,
+                failures=self._failures,
+                max_bytes=settings.max_message_bytes,
             )
             source = self._nested_source(exc)
             if source is not None:
@@ -265,6 +274,7 @@ class TracedRun:
         try:
             self._otel_token = otel_context.attach(trace.set_span_in_context(self.span))
             self._run_token = _current.set(self)
+            self._failures_token = collect_failures(self._failures)
         except Exception as exc:
             report_internal_error("TracedRun.__enter__", exc)
         return self
@@ -296,6 +306,8 @@ class TracedRun:
 
     def _detach(self) -> None:
         try:
+            if self._failures_token is not None:
+                stop_collecting(self._failures_token)
             if self._run_token is not None:
                 _current.reset(self._run_token)
             if self._otel_token is not None:
@@ -303,7 +315,7 @@ class TracedRun:
         except Exception as exc:
             report_internal_error("TracedRun._detach", exc)
         finally:
-            self._run_token = self._otel_token = None
+            self._run_token = self._otel_token = self._failures_token = None
 
 
 def _close(span: Span, recorder: Recorder | None, messages: TracedMessages, lock_timeout: float | None) -> None:

@@ -8,21 +8,27 @@ content a string, a list of parts or anything else, and every one of them still 
 
 from __future__ import annotations
 
-import json
 import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kiln_otel import wire
+from kiln_otel.message_text import abbreviate, as_text, content_text, one_line
 from kiln_otel.payload import ErrorWithTrace
 
-__all__ = ["render_trace", "render_transcript"]
+__all__ = ["DEFAULT_SHOWN", "render_trace", "render_transcript"]
+
+DEFAULT_SHOWN = 30
+"""Messages a transcript shows by default: the first `_HEAD` (the task) and the last ones, which led to
+the failure and must not scroll out of a terminal; a line in between says how many were left out."""
+_HEAD = 2
+_MIN_ELIDED = 3
+"""Leaving out fewer messages than this would save less than the line that says so."""
 
 _INDENT = "    "
 _MAX_LINES = 12
 """Wrapped lines shown per text block; a 50 KB tool result must not bury the rest of the run."""
 _MAX_ARGUMENTS = 200
-_MAX_URL = 60
 
 _STYLES = {
     "system": "35",
@@ -48,14 +54,17 @@ class _Painter:
         return f"\x1b[{code}m{text}\x1b[0m" if self.color and code else text
 
 
-def render_transcript(payload: ErrorWithTrace, *, width: int = 100, color: bool = False) -> str:
+def render_transcript(
+    payload: ErrorWithTrace, *, width: int = 100, color: bool = False, shown: int | None = DEFAULT_SHOWN
+) -> str:
     """The payload's trace, message by message, then the error and the trace id.
 
     ``width`` bounds the lines (text is wrapped, tool arguments abbreviated; only an unbreakable name
-    or id can overrun it); ``color`` adds ANSI colours.
+    or id can overrun it); ``color`` adds ANSI colours. A trace longer than ``shown`` messages shows
+    its first two and its last ones, with a line saying how many are left out (None: all of them).
     """
     paint = _Painter(color)
-    lines = _render_messages(payload.trace, width, paint)
+    lines = _render_messages(payload.trace, width, paint, shown)
     if not payload.trace_complete:
         lines.append(paint("mark", "! the trace is incomplete: the telemetry it was rebuilt from lost something"))
     lines.extend(_error_lines(payload.error_type, payload.message, width, paint))
@@ -70,28 +79,41 @@ def render_trace(
     note: str | None = None,
     width: int = 100,
     color: bool = False,
+    shown: int | None = DEFAULT_SHOWN,
 ) -> str:
     """A run that did not fail (or any message list): the same transcript, with ``note`` at the end."""
     paint = _Painter(color)
-    lines = _render_messages(messages, width, paint)
+    lines = _render_messages(messages, width, paint, shown)
     if note:
         lines.append(paint("mark", note))
     lines.extend(_trace_lines(trace_id, None, width, paint))
     return "\n".join(lines) + "\n"
 
 
-def _render_messages(messages: Sequence[Any] | None, width: int, paint: _Painter) -> list[str]:
+def _render_messages(messages: Sequence[Any] | None, width: int, paint: _Painter, shown: int | None) -> list[str]:
     if not messages:
         return [paint("dim", "(no messages were recorded before the run ended)")]
+    count = len(messages)
+    if shown is None or count <= shown + _MIN_ELIDED:
+        head = tail_start = count
+    else:
+        head = min(_HEAD, max(shown - 1, 0))
+        tail_start = count - max(shown - head, 1)
     lines: list[str] = []
-    for index, message in enumerate(messages):
-        lines.extend(_render_message(index, message, max(width, 20), paint))
+    for index in range(head):
+        lines.extend(_render_message(index, messages[index], max(width, 20), paint))
+    if tail_start > head:
+        elided = tail_start - head
+        note = f"… {elided:,} message{'s' * (elided != 1)} not shown ([{head}] to [{tail_start - 1}] of {count:,})"
+        lines.append(paint("mark", note))
+    for index in range(tail_start, count):
+        lines.extend(_render_message(index, messages[index], max(width, 20), paint))
     return lines
 
 
 def _error_lines(error_type: str, message: str, width: int, paint: _Painter) -> list[str]:
     head = f"✗ {error_type}:"
-    first, *rest = textwrap.wrap(f"{head} {_one_line(message)}", max(width, 20), subsequent_indent="  ")
+    first, *rest = textwrap.wrap(f"{head} {one_line(message)}", max(width, 20), subsequent_indent="  ")
     if first.startswith(head):  # else a type name too long for one line was broken: leave it plain
         first = paint("error", head) + first[len(head) :]
     return [first, *rest]
@@ -114,10 +136,10 @@ def _trace_lines(trace_id: str | None, span_id: str | None, width: int, paint: _
 def _render_message(index: int, message: Any, width: int, paint: _Painter) -> list[str]:
     if not isinstance(message, Mapping):
         head = f"[{index}] " + paint("mark", f"(not a message: {type(message).__name__})")
-        return [head, *_block(_as_text(message), width, paint)]
+        return [head, *_block(as_text(message), width, paint)]
     role = str(message.get("role") or "?")
     lines = [_header(index, role, message, paint)]
-    lines.extend(_block(_content_text(message.get("content")), width, paint))
+    lines.extend(_block(content_text(message.get("content")), width, paint))
     lines.extend(_extras(message, width, paint))
     return lines
 
@@ -160,9 +182,9 @@ def _extras(message: Mapping[str, Any], width: int, paint: _Painter) -> list[str
     lines = []
     reasoning = message.get("reasoning_content")
     if reasoning:
-        lines.extend(_block(f"(thinking) {_as_text(reasoning)}", width, paint, style="dim"))
+        lines.extend(_block(f"(thinking) {as_text(reasoning)}", width, paint, style="dim"))
     if message.get("refusal"):
-        lines.extend(_block(f"(refusal) {_as_text(message['refusal'])}", width, paint, style="mark"))
+        lines.extend(_block(f"(refusal) {as_text(message['refusal'])}", width, paint, style="mark"))
     calls = message.get("tool_calls")
     if isinstance(calls, Sequence) and not isinstance(calls, str):
         lines.extend(_tool_call_line(call, width, paint) for call in calls)
@@ -176,60 +198,11 @@ def _tool_call_line(call: Any, width: int, paint: _Painter) -> str:
     call_id = call.get("id") if isinstance(call, Mapping) else None
     suffix = f"  id {call_id}" if call_id else ""
     room = width - len(f"{_INDENT}→ {name}(){suffix}")
-    shown = _abbreviate(_one_line(_as_text(arguments)), max(20, min(_MAX_ARGUMENTS, room)))
+    shown = abbreviate(one_line(as_text(arguments)), max(20, min(_MAX_ARGUMENTS, room)))
     return f"{_INDENT}→ {name}({shown})" + paint("dim", suffix)
 
 
 # --- Text ----------------------------------------------------------------------------------------
-
-
-def _content_text(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, Sequence) and not isinstance(content, (bytes, bytearray)):
-        return "\n".join(_part_text(part) for part in content)
-    return _as_text(content)
-
-
-def _part_text(part: Any) -> str:
-    """Parts as OpenAI defines them; media are named, never dumped (a data URL is megabytes)."""
-    if not isinstance(part, Mapping):
-        return _as_text(part)
-    kind = part.get("type")
-    if kind == "text" or (kind is None and "text" in part):
-        return _as_text(part.get("text", ""))
-    if kind == "image_url":
-        url = part.get("image_url")
-        url = url.get("url") if isinstance(url, Mapping) else url
-        return f"[image: {_abbreviate(_as_text(url), _MAX_URL)}]"
-    if kind == "file":
-        file = part.get("file")
-        name = file.get("filename") if isinstance(file, Mapping) else None
-        return f"[file: {name}]" if name else "[file]"
-    if kind == "input_audio":
-        return "[audio]"
-    return f"[{kind or 'unknown'} part]"
-
-
-def _as_text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    try:
-        return json.dumps(value, ensure_ascii=False)
-    except (TypeError, ValueError):
-        return repr(value)
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _abbreviate(text: str, limit: int) -> str:
-    if len(text) <= limit:
-        return text
-    return f"{text[: limit - 1]}…"
 
 
 def _block(text: str, width: int, paint: _Painter, *, style: str | None = None) -> list[str]:

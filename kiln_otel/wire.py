@@ -11,9 +11,11 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "ATTR_ERROR_MESSAGE",
     "ATTR_ERROR_SPAN_ID",
     "ATTR_ERROR_TYPE",
     "ATTR_EVENT_SEQ",
+    "ATTR_EXCEPTION_SPAN_ID",
     "ATTR_EXPORT_CUT",
     "ATTR_EXPORT_ORIGINAL_SIZE",
     "ATTR_GEN_AI_AGENT_NAME",
@@ -44,15 +46,19 @@ __all__ = [
     "ATTR_GEN_AI_USAGE_INPUT_TOKENS",
     "ATTR_GEN_AI_USAGE_OUTPUT_TOKENS",
     "ATTR_MESSAGES_COUNT",
+    "ATTR_MESSAGES_LAST_SPAN_ID",
     "ATTR_MESSAGES_LOSSY",
     "ATTR_MESSAGES_OPS",
     "ATTR_MESSAGES_ORDER",
     "ATTR_MESSAGES_REMOVED",
     "ATTR_MESSAGES_TRUNCATED",
     "ATTR_MESSAGE_CAPTURED",
+    "ATTR_MESSAGE_EXCERPT",
     "ATTR_MESSAGE_INDEX",
     "ATTR_MESSAGE_JSON",
     "ATTR_MESSAGE_LOSSY",
+    "ATTR_MESSAGE_NULL_KEYS",
+    "ATTR_MESSAGE_PARTIAL",
     "ATTR_MESSAGE_ROLE",
     "ATTR_MESSAGE_SIZE",
     "ATTR_MESSAGE_TOOL_CALL_IDS",
@@ -132,6 +138,16 @@ ATTR_TRUNCATED: Final = "kiln_otel.truncated"
 """On a span or event: the keys of its attributes that kiln-otel cut to their byte budget (each cut
 value ends with ``…[truncated, N bytes]``, N the original size)."""
 
+ATTR_ERROR_MESSAGE: Final = "kiln_otel.error.message"
+"""On a failed run span: the user-facing message (the payload's ``message``, the status description),
+first among kiln-otel's attributes where a trace viewer lists them by name. Domain-specific, as the
+semantic conventions now ask (the generic ``error.message`` is deprecated)."""
+ATTR_EXCEPTION_SPAN_ID: Final = "kiln_otel.exception.span_id"
+"""On a run span's ``exception`` event: the span whose ``exception`` event records the same exception
+with the frames this one leaves out (the failing model or tool call): one stack per failure."""
+ATTR_MESSAGES_LAST_SPAN_ID: Final = "kiln_otel.messages.last_span_id"
+"""On the run span at its end: the span holding the run's last list event, the run span itself or a
+segment (paste it into Jaeger's "Find" box), so the messages just before a failure are found at once."""
 ATTR_ERROR_SPAN_ID: Final = "kiln_otel.error.span_id"
 """On a run that failed because a nested run's error passed through it: that run's span id, so the
 payload rebuilt from the trace id alone is the one the app got."""
@@ -163,6 +179,14 @@ ATTR_MESSAGE_INDEX: Final = "kiln_otel.message.index"
 ATTR_MESSAGE_ROLE: Final = "kiln_otel.message.role"
 """Only for roles outside `KNOWN_ROLES` (theirs is already in the event name)."""
 ATTR_MESSAGE_JSON: Final = "kiln_otel.message.json"
+ATTR_MESSAGE_EXCERPT: Final = "kiln_otel.message.excerpt"
+"""One line of plain text, ``role: text`` (tool calls as ``→ get_weather({"city": "Lisbon"})``), from the
+recorded (redacted) message; only when content is captured. Named to sort before the JSON: Jaeger
+lists an event's attributes by name and cuts its one-line summary after the first long value."""
+ATTR_MESSAGE_NULL_KEYS: Final = "kiln_otel.message.null_keys"
+"""The message's top-level keys whose value was null, left out of its JSON and restored on rebuild."""
+ATTR_MESSAGE_PARTIAL: Final = "kiln_otel.message.partial"
+"""True on an assistant message assembled from a stream that broke off (`PARTIAL_MESSAGE_KEY`)."""
 ATTR_MESSAGE_SIZE: Final = "kiln_otel.message.size"
 """Bytes of the message JSON before truncation; written when it was truncated or not captured."""
 ATTR_MESSAGE_TRUNCATED: Final = "kiln_otel.message.truncated"

@@ -129,8 +129,11 @@ def demos(tmp_path_factory: pytest.TempPathFactory) -> Mapping[str, Demo]:
 
 
 def _transcript_and_payload(stdout: str) -> tuple[str, dict[str, Any]]:
-    transcript, rest = stdout.split("\nErrorWithTrace JSON, as the app got it:\n")
-    payload_text, _ = rest.split("\n\nspans exported:")
+    """The demo prints the payload's JSON, then its transcript (last, so its end stays on screen)."""
+    head, rest = stdout.split("ErrorWithTrace JSON, as the app got it:\n")
+    assert head == ""
+    payload_text, rest = rest.split("\n\nThe same run as a transcript:\n")
+    transcript, _ = rest.split("\nspans exported:")
     payload: dict[str, Any] = json.loads(payload_text)
     return transcript, payload
 

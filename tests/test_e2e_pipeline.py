@@ -23,6 +23,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcess
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from kiln_otel import ErrorWithTrace, KilnRunError, reconstruct_error, traced_run
+from kiln_otel.config import DEFAULT_MAX_MESSAGE_BYTES
+from kiln_otel.encoding import EXCERPT_MAX_BYTES
 from kiln_otel.sources import load_spans
 from tests.backends import Pipeline
 
@@ -179,3 +181,61 @@ def test_demo_through_the_pipeline_rebuilds_from_jaeger_via_the_cli(
     assert "Rate limit exceeded" in transcript.stdout
     missing = kiln_otel_cli("reconstruct", "--jaeger", pipeline.jaeger_query_url, "0" * 31 + "1", env=env, cwd=tmp_path)
     assert missing.returncode == 3, missing.stderr
+
+
+def legacy_events(trace: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, list[dict[str, Any]]]]]:
+    """The run span (tags as a dict) and, per span, its log items as Jaeger's UI API serves them."""
+    spans = trace["data"][0]["spans"]
+    run = next(s for s in spans if s["operationName"].startswith("invoke_agent"))
+    return {t["key"]: t["value"] for t in run["tags"]}, [(s["spanID"], s.get("logs") or []) for s in spans]
+
+
+@pytest.mark.parametrize(("count", "flushed"), [(10, False), (10, True), (300, False)])
+def test_the_ui_api_serves_excerpts_before_the_json_and_points_at_the_last_message(
+    pipeline: Pipeline, telemetry_factory: Callable[..., Telemetry], count: int, flushed: bool
+) -> None:
+    """What Jaeger's UI reads (the legacy /api/traces): each message's excerpt sorts before its JSON,
+    the run span names the span holding the last message, budgets hold, and the payload rebuilds.
+
+    ``flushed``: the run then waits past the live-export delay before failing (a slow model call), so
+    its last messages are in a segment, not on the run span."""
+    telemetry = telemetry_factory(exporter_for(pipeline, "grpc"))
+    messages = conversation(count, tag="ui")
+    messages[2]["function_call"] = None  # a litellm-style null: named, not written, restored
+    run = traced_run("e2e", tracer_provider=telemetry.provider, live_export_delay=0.05)
+    with pytest.raises(KilnRunError) as caught, run:
+        run.messages.extend(messages)
+        if flushed:
+            time.sleep(0.5)
+        raise TimeoutError("the model call never came back")
+    err = caught.value
+    assert telemetry.provider.force_flush(10_000)
+    trace_id = str(err.trace_id)
+    legacy = pipeline.fetch_jaeger_legacy(trace_id, min_spans=telemetry.produced(trace_id))
+    run_tags, logs = legacy_events(legacy)
+
+    seen: dict[int, tuple[str, dict[str, Any]]] = {}
+    for span_id, items in logs:
+        for item in items:
+            keys = [f["key"] for f in item["fields"]]
+            fields = {f["key"]: f["value"] for f in item["fields"]}
+            if fields.get("event", "").startswith("kiln_otel.message."):
+                assert keys.index("kiln_otel.message.excerpt") < keys.index("kiln_otel.message.json")
+                assert keys[1:3] in (  # right after the event name, or after a tool message's call id
+                    ["kiln_otel.message.excerpt", "kiln_otel.message.index"],
+                    ["gen_ai.tool.call.id", "kiln_otel.message.excerpt"],
+                )
+                assert len(fields["kiln_otel.message.excerpt"].encode()) <= EXCERPT_MAX_BYTES
+                assert len(fields["kiln_otel.message.json"].encode()) <= DEFAULT_MAX_MESSAGE_BYTES
+                assert fields["kiln_otel.message.excerpt"].split(":")[0] == fields["event"].rsplit(".", 1)[1]
+                seen[int(fields["kiln_otel.seq"])] = (span_id, fields)
+    assert sorted(seen) == list(range(count))
+    last_span = run_tags["kiln_otel.messages.last_span_id"]
+    assert seen[count - 1][0] == last_span  # the run span names the span holding the last message
+    run_id = next(s["spanID"] for s in legacy["data"][0]["spans"] if s["operationName"].startswith("invoke_agent"))
+    assert (last_span != run_id) is flushed  # flushed: a segment holds the tail; else the run span itself
+    assert run_tags["kiln_otel.error.message"] == str(err)
+    assert json.loads(seen[2][1]["kiln_otel.message.json"]).keys() == {"role", "tool_calls"}
+    assert seen[2][1]["kiln_otel.message.excerpt"] == 'assistant: → search({"q": "€"})'
+    assert err.to_error_with_trace() == reconstruct_error(legacy, trace_id)
+    assert reconstruct_error(legacy, trace_id).trace == messages

@@ -72,7 +72,7 @@ def provider_error(cls: type[Exception], message: str = "upstream said no", **ex
         ),
         (RuntimeError("tool exploded"), "tool exploded"),
         (ValueError("bad input"), "bad input"),
-        (TimeoutError(), "The model provider did not respond in time. Try again, or allow a longer timeout."),
+        (TimeoutError(), "A step of the run did not finish in time. Try again, or allow a longer timeout."),
         (KeyError("x"), "An unexpected error occurred."),
         (KilnRunError("already friendly", None, KeyError("x")), "already friendly"),
     ],

@@ -231,7 +231,7 @@ def test_fail_run_answers_every_tool_call_then_raises_the_handlers_own_exception
     )
     assert isinstance(err, KilnRunError)
     assert err.original is boom
-    assert str(err) == "the weather service is down"
+    assert str(err) == "The tool 'get_weather' failed: the weather service is down"
     assert [m["role"] for m in messages[2:]] == ["tool", "tool"]
     assert messages[2]["is_error"] is True
     assert messages[3] == {"role": "tool", "tool_call_id": "call_1_1", "content": "12:00 in Paris"}

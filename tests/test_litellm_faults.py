@@ -79,7 +79,13 @@ def check_failed_run(
 ) -> None:
     """The checks every fault shares; ``failing_span`` names the span kind the error is on (if any)."""
     assert type(err.original) is expected
-    assert str(err) == format_error_message(err.original)
+    failed_tools = [
+        (s.attributes or {}).get("gen_ai.tool.name")
+        for s in tracing.spans()
+        if s.name.startswith("execute_tool") and s.status.status_code is StatusCode.ERROR
+    ]
+    tool = failed_tools[0] if failing_span == "tool" else None  # a tool's failure is worded as the tool's
+    assert str(err) == format_error_message(err.original, tool=tool)
     assert err.__cause__ is err.original
     assert err.partial_trace is not None
     assert list(err.partial_trace) == messages

@@ -19,7 +19,7 @@ from kiln_otel import Redactor, traced_run, wire
 from kiln_otel import redaction as redaction_module
 from kiln_otel.bounded import bound_text, utf8_size
 from kiln_otel.config import resolve_settings
-from kiln_otel.encoding import bound_json, encode_message, serialize
+from kiln_otel.encoding import bound_json, encode_message, record_json, serialize
 from kiln_otel.redaction import MARGIN
 from kiln_otel.secret_shapes import is_placeholder
 from tests.conftest import Tracing
@@ -159,7 +159,7 @@ def test_ordinary_messages_are_unchanged(index: int) -> None:
     ):
         assert redact(text) == text
     event = encode_message(message, 0, resolve_settings())[1]
-    assert event[wire.ATTR_MESSAGE_JSON] == serialize(message)[0].decode()
+    assert event[wire.ATTR_MESSAGE_JSON] == record_json(message)[0].decode()
     assert redact.masked == 0
 
 
