@@ -46,7 +46,6 @@ from kiln_otel._guard import logger, report_internal_error
 from kiln_otel.error_messages import format_error_message, safe_text
 from kiln_otel.messages import TracedMessages
 from kiln_otel.run import TracedRun
-from kiln_otel.span_errors import record_failure
 
 try:
     from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
@@ -194,7 +193,7 @@ class AdapterRun:
         else:
             original = exc
             description = format_error_message(exc, redact=redact)
-        record_failure(run.span, original, redact, description)
+        run._fail_as(original, description)
 
     def end(self) -> None:
         """End the run (successful unless `fail` came first). Later calls do nothing."""

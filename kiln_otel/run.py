@@ -230,6 +230,15 @@ class TracedRun:
         """End a run its own code never ended (process exit, a signal): see `kiln_otel.lifecycle`."""
         self._finish(error, message, lock_timeout)
 
+    def _fail_as(self, error: BaseException, message: str) -> None:
+        """End the run as failed by ``error`` with a user-facing ``message`` its owner already has.
+
+        For integrations whose host builds its own error (Kiln's adapter): the run span then reads
+        like any other failed run (``kiln_otel.error.message``, the stack once) without kiln-otel
+        building a `KilnRunError` nobody raises.
+        """
+        self._finish(error, message, None)
+
     def _finish(self, exc: BaseException | None, message: str, lock_timeout: float | None) -> None:
         """End the run exactly once, recording ``exc`` (None: success) with ``message`` first."""
         with self._end_lock:

@@ -93,6 +93,7 @@ def test_a_kiln_error_is_recorded_and_left_as_it_is(tracing: Tracing) -> None:
     assert span.status.status_code is StatusCode.ERROR
     assert span.status.description == str(err)
     assert span.attributes is not None
+    assert span.attributes[wire.ATTR_ERROR_MESSAGE] == str(err)  # read like any failed run in Jaeger
     assert span.attributes[wire.ATTR_ERROR_TYPE] == f"{__name__}.RateLimitError"
     assert span.attributes[wire.ATTR_GEN_AI_PROVIDER_NAME] == "openai"
     assert span.attributes[wire.ATTR_GEN_AI_REQUEST_MODEL] == "gpt_4o_mini"
@@ -178,6 +179,8 @@ def test_success_ends_the_run_and_other_failures_get_kiln_otels_message(tracing:
     assert ok_span.status.status_code is StatusCode.UNSET
     assert failed.status.status_code is StatusCode.ERROR
     assert failed.status.description == "input does not match the schema"
+    assert failed.attributes is not None
+    assert failed.attributes[wire.ATTR_ERROR_MESSAGE] == "input does not match the schema"
 
 
 def test_a_run_kiln_otel_cannot_start_leaves_kiln_a_plain_list(
