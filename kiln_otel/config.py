@@ -16,6 +16,7 @@ from kiln_otel._guard import logger
 from kiln_otel.redaction import RedactHook, Redactor, RedactSetting, resolve_redactor
 
 __all__ = [
+    "DEFAULT_EXPORT_TIMEOUT_SECONDS",
     "DEFAULT_LIVE_EXPORT_DELAY_SECONDS",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "DEFAULT_MAX_SPAN_BYTES",
@@ -24,7 +25,11 @@ __all__ = [
     "ENV_MAX_MESSAGE_BYTES",
     "ENV_MAX_SPAN_BYTES",
     "ENV_RECORD_CALL_MESSAGES",
+    "ENV_TIMEOUT",
+    "ENV_TRACES_TIMEOUT",
+    "SHUTDOWN_SLACK_SECONDS",
     "Settings",
+    "export_timeout",
     "resolve_settings",
 ]
 
@@ -37,6 +42,16 @@ ENV_LIVE_EXPORT_DELAY = "KILN_OTEL_LIVE_EXPORT_DELAY"
 ENV_RECORD_CALL_MESSAGES = "KILN_OTEL_RECORD_CALL_MESSAGES"
 """What a litellm call outside any run records of its messages: ``on_failure`` (default), ``always``,
 ``never`` (read by `kiln_otel.litellm.call_messages`)."""
+ENV_TIMEOUT = "OTEL_EXPORTER_OTLP_TIMEOUT"
+ENV_TRACES_TIMEOUT = "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"
+"""The exporter's timeout (seconds, as the Python SDK reads it): also what exit and SIGTERM wait for."""
+
+DEFAULT_EXPORT_TIMEOUT_SECONDS = 10.0
+"""The SDK's own default, so an app moving to `configure_tracing` keeps its behaviour."""
+SHUTDOWN_SLACK_SECONDS = 0.5
+"""What a bounded flush or shutdown may add to the export timeout: aborting an export is not instant."""
+_SUSPICIOUS_TIMEOUT_SECONDS = 300.0
+"""Larger values are probably milliseconds (the OpenTelemetry spec's unit; the Python SDK reads seconds)."""
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024
 """Above this a message's JSON is cut (kept valid, marked): one tool result cannot flood a span."""
@@ -137,3 +152,19 @@ def resolve_settings(
         redact=hook.fork() if isinstance(hook, Redactor) else hook,
         live_export_delay=_delay_from_env() if live_export_delay is None else float(live_export_delay),
     )
+
+
+def export_timeout() -> float:
+    """Seconds one export may take, and so the most `force_flush` or `shutdown` waits (plus slack)."""
+    for name in (ENV_TRACES_TIMEOUT, ENV_TIMEOUT):
+        if not os.environ.get(name, "").strip():
+            continue
+        value = _number_from_env(name, DEFAULT_EXPORT_TIMEOUT_SECONDS, float, lambda value: 0 < value < math.inf)
+        if value > _SUSPICIOUS_TIMEOUT_SECONDS:
+            logger.warning(
+                "kiln-otel: %s=%s is read in seconds, as the Python SDK does; process exit may wait that long",
+                name,
+                value,
+            )
+        return value
+    return DEFAULT_EXPORT_TIMEOUT_SECONDS

@@ -42,7 +42,12 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 from kiln_otel import lifecycle
 from kiln_otel._guard import logger
-from kiln_otel.config import _warn_once
+from kiln_otel.config import (
+    DEFAULT_EXPORT_TIMEOUT_SECONDS,
+    SHUTDOWN_SLACK_SECONDS,
+    _warn_once,
+    export_timeout,
+)
 from kiln_otel.export_size import DEFAULT_MAX_REQUEST_BYTES, MIN_REQUEST_BYTES
 from kiln_otel.exporters import OtlpJsonFileExporter, SizeLimitedSpanExporter
 from kiln_otel.lifecycle import run_within
@@ -70,19 +75,11 @@ ENV_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
 ENV_TRACES_ENDPOINT = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
 ENV_PROTOCOL = "OTEL_EXPORTER_OTLP_PROTOCOL"
 ENV_TRACES_PROTOCOL = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
-ENV_TIMEOUT = "OTEL_EXPORTER_OTLP_TIMEOUT"
-ENV_TRACES_TIMEOUT = "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"
 ENV_SCHEDULE_DELAY = "OTEL_BSP_SCHEDULE_DELAY"
 
-DEFAULT_EXPORT_TIMEOUT_SECONDS = 10.0
-"""The SDK's own default, so an app moving to `configure_tracing` keeps its behaviour."""
 DEFAULT_SCHEDULE_DELAY_MILLIS = 500
 """How long an ended span may wait in the batch queue (``OTEL_BSP_SCHEDULE_DELAY`` wins; the SDK's own
 default is 5000). With the live-export delay it bounds what SIGKILL loses: 1 s + 0.5 s + one export."""
-SHUTDOWN_SLACK_SECONDS = 0.5
-"""What `BoundedBatchSpanProcessor` may add to the export timeout: aborting an export is not instant."""
-_SUSPICIOUS_TIMEOUT_SECONDS = 300.0
-"""Larger values are probably milliseconds (the OpenTelemetry spec's unit; the Python SDK reads seconds)."""
 
 _GRPC = "grpc"
 _HTTP_PROTOBUF = "http/protobuf"
@@ -128,32 +125,6 @@ def configure_tracing(
 def _schedule_delay_millis() -> float | None:
     """None lets the SDK read ``OTEL_BSP_SCHEDULE_DELAY`` (and warn about a bad value) itself."""
     return None if os.environ.get(ENV_SCHEDULE_DELAY, "").strip() else DEFAULT_SCHEDULE_DELAY_MILLIS
-
-
-def export_timeout() -> float:
-    """Seconds one export may take, and so the most `force_flush` or `shutdown` waits (plus slack)."""
-    for name in (ENV_TRACES_TIMEOUT, ENV_TIMEOUT):
-        raw = os.environ.get(name, "").strip()
-        if raw:
-            return _parse_timeout(name, raw)
-    return DEFAULT_EXPORT_TIMEOUT_SECONDS
-
-
-def _parse_timeout(name: str, raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < float("inf"):
-        _warn_once(name, raw, DEFAULT_EXPORT_TIMEOUT_SECONDS)
-        return DEFAULT_EXPORT_TIMEOUT_SECONDS
-    if value > _SUSPICIOUS_TIMEOUT_SECONDS:
-        logger.warning(
-            "kiln-otel: %s=%s is read in seconds, as the Python SDK does; process exit may wait that long",
-            name,
-            raw,
-        )
-    return value
 
 
 def _resource(service_name: str) -> Resource:

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from kiln_otel import _flusher
 from kiln_otel._guard import logger, report_internal_error
+from kiln_otel.config import SHUTDOWN_SLACK_SECONDS, export_timeout
 from kiln_otel.errors import ProcessExitedError, ProcessTerminatedError
 
 if TYPE_CHECKING:
@@ -216,8 +217,6 @@ def _at_exit() -> None:
 
 
 def _exit_bound() -> float:
-    from kiln_otel.export import SHUTDOWN_SLACK_SECONDS, export_timeout
-
     return export_timeout() + SHUTDOWN_SLACK_SECONDS
 
 
