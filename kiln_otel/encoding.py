@@ -92,16 +92,26 @@ def serialize(message: Any) -> tuple[bytes, bool]:
     takes pydantic_core's path, which checks what it cannot give back; what neither can write is
     approximated.
     """
+    raw, _, lossy = _serialize(message)
+    return raw, lossy
+
+
+def _serialize(message: Any) -> tuple[bytes, str, bool]:
+    """`serialize`, with the JSON also as text (what an event records; searched as text, it is cheaper)."""
     try:
         raw = _orjson_dumps(message, default=_not_plain, option=_ORJSON_OPTIONS)
     except TypeError:  # orjson.JSONEncodeError: not plain JSON data
-        return _serialize_carefully(message)
-    if b"null" not in raw:
-        return raw, False
+        raw, lossy = _serialize_carefully(message)
+        return raw, raw.decode(), lossy
+    text = raw.decode()
+    if "null" not in text:
+        return raw, text, False
     try:  # keys and ints already passed orjson: only NaN and infinities are to be written apart
-        return pydantic_core.to_json(message, inf_nan_mode="constants"), False
+        raw = pydantic_core.to_json(message, inf_nan_mode="constants")
     except Exception:
-        return _serialize_carefully(message)
+        raw, lossy = _serialize_carefully(message)
+        return raw, raw.decode(), lossy
+    return raw, raw.decode(), False
 
 
 def _not_plain(value: Any) -> Any:
@@ -379,21 +389,28 @@ def record_json(message: Any) -> tuple[bytes, bool, tuple[str, ...]]:
     names them (``kiln_otel.message.null_keys``); rebuilding puts them back (`restore_nulls`), so the
     rebuilt message still equals the original. Nulls deeper in the message are kept as they are.
     """
+    raw, _, lossy, nulls = _record(message)
+    return raw, lossy, nulls
+
+
+def _record(message: Any) -> tuple[bytes, str, bool, tuple[str, ...]]:
+    """`record_json`, with the JSON also as text."""
     if type(message) is dict:
         try:
             stripped, nulls = (message, ()) if None not in message.values() else _drop_nulls(message)
         except Exception:  # a value whose == raises (a numpy array): look by identity instead
             stripped, nulls = _drop_nulls(message)
-        raw, lossy = serialize(stripped)
-        return raw, lossy, nulls
+        raw, text, lossy = _serialize(stripped)
+        return raw, text, lossy, nulls
     nulls = _model_nulls(message)
     if nulls:
         try:  # a pydantic model (litellm's Message): its own serializer, without the null fields
-            return pydantic_core.to_json(message, inf_nan_mode="constants", exclude=set(nulls)), False, nulls
+            raw = pydantic_core.to_json(message, inf_nan_mode="constants", exclude=set(nulls))
+            return raw, raw.decode(), False, nulls
         except Exception:
             pass
-    raw, lossy = serialize(message)
-    return raw, lossy, ()
+    raw, text, lossy = _serialize(message)
+    return raw, text, lossy, ()
 
 
 def _model_nulls(message: Any) -> tuple[str, ...]:
@@ -457,7 +474,7 @@ def encode_message(message: Any, index: int, settings: Settings) -> EncodedMessa
             unreadable = True
         if plain and role == "assistant" and message.get(_PARTIAL) is True:
             attributes[wire.ATTR_MESSAGE_PARTIAL] = True
-    raw, lossy, nulls = record_json(message)
+    raw, text, lossy, nulls = _record(message)
     if lossy or unreadable:
         attributes[wire.ATTR_MESSAGE_LOSSY] = True
     if not settings.capture_content:
@@ -465,7 +482,7 @@ def encode_message(message: Any, index: int, settings: Settings) -> EncodedMessa
         attributes[wire.ATTR_MESSAGE_SIZE] = len(raw)
         return event_name, attributes, 64
     budget = settings.max_message_bytes
-    text, truncated, masked = _recorded_text(raw, budget, settings.redact)
+    text, truncated, masked = _recorded_text(raw, text, budget, settings.redact)
     if truncated:
         attributes[wire.ATTR_MESSAGE_TRUNCATED] = True
         attributes[wire.ATTR_MESSAGE_SIZE] = len(raw)
@@ -481,13 +498,13 @@ def encode_message(message: Any, index: int, settings: Settings) -> EncodedMessa
 
 def message_json(raw: bytes, budget: int, redact: RedactHook | None) -> tuple[str, bool]:
     """A message's JSON as recorded: redacted, then cut under ``budget`` bytes; and whether it was cut."""
-    text, truncated, _ = _recorded_text(raw, budget, redact)
+    text, truncated, _ = _recorded_text(raw, raw.decode(), budget, redact)
     return text, truncated
 
 
-def _recorded_text(raw: bytes, budget: int, redact: RedactHook | None) -> tuple[str, bool, bool]:
-    """`message_json`, and whether redaction changed anything (then the JSON is all a reader may see)."""
-    text = raw.decode()
+def _recorded_text(raw: bytes, text: str, budget: int, redact: RedactHook | None) -> tuple[str, bool, bool]:
+    """`message_json` (``text`` is ``raw`` decoded), and whether redaction changed anything (then the
+    JSON is all a reader may see)."""
     if len(raw) > budget:
         return bound_json(text, budget, redact), True, True
     if redact is not None:
