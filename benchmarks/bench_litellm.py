@@ -135,6 +135,7 @@ def worker(config: str, base_url: str, runs: int, turns: int, cpu: int | None) -
         tracer_provider.force_flush()
         exporter.reset()
         gc.collect()
+        gc_before = [dict(g) for g in gc.get_stats()]
         walls = []
         cpu_start = time.process_time()
         for _ in range(runs):
@@ -150,6 +151,7 @@ def worker(config: str, base_url: str, runs: int, turns: int, cpu: int | None) -
             "cpu_ms": cpu_seconds / runs * 1000,
             "spans_per_run": exporter.spans / runs,
             "bytes_per_run": exporter.bytes / runs,
+            "gc_collections": [g["collections"] - b["collections"] for g, b in zip(gc.get_stats(), gc_before)],
         }
         exporter.reset(keep=True)
         messages = await run(base_url)

@@ -158,6 +158,14 @@ class Recorder:
     def segments(self) -> int:
         return self._segments
 
+    def record_all(self, items: Sequence[Any]) -> None:
+        """Record ``items`` as inserted into an empty list, then close: a list complete at once (a
+        failed call's messages). Nothing is left to flush later, so the flusher is never woken for it."""
+        with self.lock:
+            self._scheduled = True  # `_emit` asks for a wake-up only when none is pending
+            self.inserted(0, items)
+            self.close(len(items))
+
     # --- list operations (the caller holds ``lock``) -------------------------------------------
     def inserted(self, index: int, items: Iterable[Any]) -> None:
         for offset, item in enumerate(items):
