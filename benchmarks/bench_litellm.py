@@ -16,7 +16,8 @@ parent process) and a tool call after each but the last. Configurations, each on
 How it measures: every configuration runs in a fresh process (``--worker``) pinned to one CPU (the
 server gets the other), with the same SDK setup: a global TracerProvider with a BatchSpanProcessor
 whose exporter encodes every batch to OTLP protobuf as the OTLP exporters do (and counts the bytes
-instead of sending them), and a global SDK MeterProvider. A worker warms up, then times ``--runs``
+instead of sending them); with ``--metrics`` also a global SDK MeterProvider (kiln-otel and Traceloop
+then record the GenAI metrics; the issue's own table was measured without). A worker warms up, then times ``--runs``
 runs: wall time per run (summed over runs) and the process's CPU time (all threads, so the
 exporter's encoding counts), ending with a flush of the tracer provider so no deferred work escapes.
 Each round starts every configuration once, in an order rotated round by round; each ratio is the
@@ -110,7 +111,7 @@ class FailedClaim(Exception):
     """A configuration recorded less than it claims."""
 
 
-def worker(config: str, base_url: str, runs: int, turns: int, cpu: int | None) -> dict[str, Any]:
+def worker(config: str, base_url: str, runs: int, turns: int, cpu: int | None, with_metrics: bool) -> dict[str, Any]:
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
     import litellm
@@ -125,8 +126,9 @@ def worker(config: str, base_url: str, runs: int, turns: int, cpu: int | None) -
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(tracer_provider)
-    metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
-    run = setup(config, turns)
+    if with_metrics:
+        metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
+    run = prepare(config, turns)
 
     async def measure() -> dict[str, Any]:
         for _ in range(WARMUP_RUNS):
@@ -135,7 +137,6 @@ def worker(config: str, base_url: str, runs: int, turns: int, cpu: int | None) -
         tracer_provider.force_flush()
         exporter.reset()
         gc.collect()
-        gc_before = [dict(g) for g in gc.get_stats()]
         walls = []
         cpu_start = time.process_time()
         for _ in range(runs):
@@ -151,8 +152,10 @@ def worker(config: str, base_url: str, runs: int, turns: int, cpu: int | None) -
             "cpu_ms": cpu_seconds / runs * 1000,
             "spans_per_run": exporter.spans / runs,
             "bytes_per_run": exporter.bytes / runs,
-            "gc_collections": [g["collections"] - b["collections"] for g, b in zip(gc.get_stats(), gc_before)],
         }
+        expected = CONFIGS[config].spans_per_run
+        if expected is not None and exporter.spans != expected(turns) * runs:
+            raise FailedClaim(f"{config}: {exporter.spans} spans exported in {runs} runs, not {expected(turns)} each")
         exporter.reset(keep=True)
         messages = await run(base_url)
         await asyncio.sleep(DRAIN_SECONDS)
@@ -163,7 +166,7 @@ def worker(config: str, base_url: str, runs: int, turns: int, cpu: int | None) -
     return asyncio.run(measure())
 
 
-def setup(config: str, turns: int) -> Callable[[str], Awaitable[Sequence[Any]]]:
+def prepare(config: str, turns: int) -> Callable[[str], Awaitable[Sequence[Any]]]:
     """Instrument (for a peer) and return the run to time; it returns the run's final message list."""
     if config == "kiln-otel":
         return kiln_loop(turns)
@@ -327,15 +330,23 @@ def script_for(turns: int) -> Callable[[dict[str, Any]], Any]:
     return script
 
 
-def spawn(config: str, runs: int, turns: int, pin: bool) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Setup:
+    pin: bool
+    with_metrics: bool
+
+
+def spawn(config: str, runs: int, turns: int, setup: Setup) -> dict[str, Any]:
     """One configuration in a fresh process, against a fresh server in this one (its own CPU)."""
     from kiln_otel.testing import ScriptedModelServer
 
     with ScriptedModelServer(script_for(turns)) as server:
         command = [sys.executable, __file__, "--worker", config, "--base-url", server.base_url,
                    "--runs", str(runs), "--turns", str(turns)]  # fmt: skip
-        if pin:
+        if setup.pin:
             command += ["--cpu", "1"]
+        if setup.with_metrics:
+            command.append("--metrics")
         done = subprocess.run(command, capture_output=True, text=True, timeout=3600, check=False)
     if done.returncode != 0:
         raise FailedClaim(f"{config} worker failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
@@ -365,12 +376,12 @@ def spread(values: list[float]) -> dict[str, float]:
     return {"median": round(statistics.median(values), 3), "min": round(min(values), 3), "max": round(max(values), 3)}
 
 
-def table(configs: list[str], rounds: int, runs: int, turns: int, pin: bool) -> list[dict[str, Any]]:
+def table(configs: list[str], rounds: int, runs: int, turns: int, setup: Setup) -> list[dict[str, Any]]:
     samples: dict[str, list[dict[str, Any]]] = {name: [] for name in configs}
     for round_number in range(rounds):
         shift = round_number % len(configs)
         for name in configs[shift:] + configs[:shift]:
-            samples[name].append(spawn(name, runs, turns, pin))
+            samples[name].append(spawn(name, runs, turns, setup))
             print(f"  round {round_number + 1}/{rounds}: {name} {samples[name][-1]}", file=sys.stderr)
     base = samples["none"]
     rows = []
@@ -391,14 +402,14 @@ def table(configs: list[str], rounds: int, runs: int, turns: int, pin: bool) -> 
     return rows
 
 
-def bytes_by_length(configs: list[str], lengths: list[int], pin: bool) -> list[dict[str, Any]]:
+def bytes_by_length(configs: list[str], lengths: list[int], setup: Setup) -> list[dict[str, Any]]:
     rows = []
     for name in configs:
         if name == "none":
             continue
         row: dict[str, Any] = {"configuration": name}
         for turns in lengths:
-            row[f"{turns} turns"] = round(spawn(name, 3, turns, pin)["bytes_per_run"])
+            row[f"{turns} turns"] = round(spawn(name, 3, turns, setup)["bytes_per_run"])
         rows.append(row)
     return rows
 
@@ -411,13 +422,14 @@ def main() -> None:
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated; 'none' is always run")
     parser.add_argument("--bytes-turns", default="10,20,40", help="conversation lengths for bytes per run ('' skips)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the workers to one CPU")
+    parser.add_argument("--metrics", action="store_true", help="workers also set a global SDK MeterProvider")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--base-url", help=argparse.SUPPRESS)
     parser.add_argument("--cpu", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.base_url, args.runs, args.turns, args.cpu)))
+        print(json.dumps(worker(args.worker, args.base_url, args.runs, args.turns, args.cpu, args.metrics)))
         return
     pin = not args.no_pin and hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2
     if pin:
@@ -425,21 +437,23 @@ def main() -> None:
     names = [name for name in args.configs.split(",") if name and name != "none"]
     configs = available(["none", *names])
     try:
-        rows = table(configs, args.rounds, args.runs, args.turns, pin)
+        setup = Setup(pin, args.metrics)
+        rows = table(configs, args.rounds, args.runs, args.turns, setup)
         lengths = [int(n) for n in args.bytes_turns.split(",") if n]
-        by_length = bytes_by_length(configs, lengths, pin) if lengths else []
+        by_length = bytes_by_length(configs, lengths, setup) if lengths else []
     except FailedClaim as failure:
         print(f"FAILED: {failure}", file=sys.stderr)
         raise SystemExit(1) from None
     if args.json:
-        print(json.dumps({"turns": args.turns, "rounds": args.rounds, "runs": args.runs, "table": rows,
-                          "bytes_by_length": by_length}, indent=2))  # fmt: skip
+        print(json.dumps({"turns": args.turns, "rounds": args.rounds, "runs": args.runs, "metrics": args.metrics,
+                          "pinned": pin, "table": rows, "bytes_by_length": by_length}, indent=2))  # fmt: skip
         return
     print_report(rows, by_length, args)
 
 
 def print_report(rows: list[dict[str, Any]], by_length: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    print(f"{args.turns}-turn tool-calling run, {args.rounds} rounds x {args.runs} runs, a fresh process each")
+    sdk = "tracing and an SDK MeterProvider" if args.metrics else "tracing only (no MeterProvider)"
+    print(f"{args.turns}-turn tool-calling run, {args.rounds} rounds x {args.runs} runs, a fresh process each; {sdk}")
     print("| configuration | wall vs none (min-max) | CPU vs none (min-max) | wall ms/run | spans/run | bytes/run |")
     print("|---|---|---|---|---|---|")
     for r in rows:
