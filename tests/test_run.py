@@ -58,9 +58,11 @@ def test_message_events_are_the_sdks_own_events_to_every_reader(tracing: Tracing
         run.messages.extend([SYSTEM, USER])
     span = tracing.span("invoke_agent agent")
     first, second = span.events
-    assert isinstance(first, Event) and isinstance(second, Event)
+    assert isinstance(first, Event)
+    assert isinstance(second, Event)
     assert (first.name, second.name) == ("kiln_otel.message.system", "kiln_otel.message.user")
-    assert first.timestamp <= second.timestamp and first.dropped_attributes == 0
+    assert first.timestamp <= second.timestamp
+    assert first.dropped_attributes == 0
     assert first.attributes["kiln_otel.message.json"] == '{"role":"system","content":"You are terse."}'
     assert json.loads(span.to_json())["events"][1]["attributes"]["kiln_otel.seq"] == 1
     (encoded,) = encode_spans([span]).resource_spans[0].scope_spans[0].spans
