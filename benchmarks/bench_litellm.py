@@ -1,7 +1,8 @@
 """A tool-calling agent run through real litellm: what each instrumentation costs it, and what it writes.
 
     pip install -e '.[bench]'    # the peers: OpenInference's and Traceloop's litellm instrumentors
-    python benchmarks/bench_litellm.py [--rounds 3] [--runs 200] [--turns 10] [--bytes-turns 10,20,40] [--json]
+    python benchmarks/bench_litellm.py [--rounds 3] [--runs 200] [--turns 10] [--bytes-turns 10,20,40]
+                                       [--pin] [--metrics] [--json]
 
 One run is ``--turns`` model calls (over loopback HTTP to the scripted server, which runs in this
 parent process) and a tool call after each but the last. Configurations, each on the same loop:
@@ -13,8 +14,10 @@ parent process) and a tool call after each but the last. Configurations, each on
 - ``openinference``, ``litellm-otel`` (litellm's own ``"otel"`` callback), ``traceloop``
   (``opentelemetry-instrumentation-litellm``): the hand-written loop under the peer, with its defaults.
 
-How it measures: every configuration runs in a fresh process (``--worker``) pinned to one CPU (the
-server gets the other), with the same SDK setup: a global TracerProvider with a BatchSpanProcessor
+How it measures: every configuration runs in a fresh process (``--worker``), with ``--pin`` pinned
+to one CPU while the server gets the other (then the exporter's thread and run_agent's tool threads
+share the app's one core: the harshest case for work moved off the caller's thread), with the same
+SDK setup: a global TracerProvider with a BatchSpanProcessor
 whose exporter encodes every batch to OTLP protobuf as the OTLP exporters do (and counts the bytes
 instead of sending them); with ``--metrics`` also a global SDK MeterProvider (kiln-otel and Traceloop
 then record the GenAI metrics; the issue's own table was measured without). A worker warms up, then times ``--runs``
@@ -421,7 +424,7 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=10, help="model calls per run")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated; 'none' is always run")
     parser.add_argument("--bytes-turns", default="10,20,40", help="conversation lengths for bytes per run ('' skips)")
-    parser.add_argument("--no-pin", action="store_true", help="do not pin the workers to one CPU")
+    parser.add_argument("--pin", action="store_true", help="pin the server to CPU 0 and each worker to CPU 1")
     parser.add_argument("--metrics", action="store_true", help="workers also set a global SDK MeterProvider")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -431,7 +434,7 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args.worker, args.base_url, args.runs, args.turns, args.cpu, args.metrics)))
         return
-    pin = not args.no_pin and hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2
+    pin = args.pin and hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2
     if pin:
         os.sched_setaffinity(0, {0})  # the scripted server; workers get CPU 1
     names = [name for name in args.configs.split(",") if name and name != "none"]
@@ -453,7 +456,9 @@ def main() -> None:
 
 def print_report(rows: list[dict[str, Any]], by_length: list[dict[str, Any]], args: argparse.Namespace) -> None:
     sdk = "tracing and an SDK MeterProvider" if args.metrics else "tracing only (no MeterProvider)"
-    print(f"{args.turns}-turn tool-calling run, {args.rounds} rounds x {args.runs} runs, a fresh process each; {sdk}")
+    cpus = "worker pinned to one CPU" if args.pin else "2 CPUs shared with the server"
+    print(f"{args.turns}-turn tool-calling run, {args.rounds} rounds x {args.runs} runs, a fresh process each")
+    print(f"{sdk}; {cpus}")
     print("| configuration | wall vs none (min-max) | CPU vs none (min-max) | wall ms/run | spans/run | bytes/run |")
     print("|---|---|---|---|---|---|")
     for r in rows:
