@@ -206,14 +206,21 @@ def plain_loop(turns: int) -> Callable[[str], Awaitable[Sequence[Any]]]:
             )  # fmt: skip
             message = response.choices[0].message
             messages.append(message)
-            if not message.tool_calls:
+            if not answer_tools(messages, message):
                 return messages
-            for call in message.tool_calls:
-                result = lookup(**json.loads(call.function.arguments))
-                messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
         raise RuntimeError("Too many turns")
 
     return run
+
+
+def answer_tools(messages: list[Any], message: Any) -> bool:
+    """One tool message per tool call of ``message``, as the loop's tool answers; False when it called none."""
+    if not message.tool_calls:
+        return False
+    for call in message.tool_calls:
+        result = lookup(**json.loads(call.function.arguments))
+        messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
+    return True
 
 
 def kiln_loop(turns: int) -> Callable[[str], Awaitable[Sequence[Any]]]:
@@ -230,12 +237,8 @@ def kiln_loop(turns: int) -> Callable[[str], Awaitable[Sequence[Any]]]:
                     messages, model=MODEL, tools=TOOLS, api_base=base_url, api_key=API_KEY, num_retries=0,
                     timeout=10,
                 )  # fmt: skip
-                message = response.choices[0].message
-                if not message.tool_calls:
+                if not answer_tools(messages, response.choices[0].message):
                     return list(messages)
-                for call in message.tool_calls:
-                    result = lookup(**json.loads(call.function.arguments))
-                    messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
         raise RuntimeError("Too many turns")
 
     return run
