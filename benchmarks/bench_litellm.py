@@ -1,50 +1,63 @@
-"""A 10-turn tool-using agent run against the scripted server: instrumentation overhead, as ratios.
+"""A tool-calling agent run through real litellm: what each instrumentation costs it, and what it writes.
 
-    pip install -e '.[bench]'      # adds openinference-instrumentation-litellm, for comparison only
-    python benchmarks/bench_litellm.py [--rounds N] [--json]
+    pip install -e '.[bench]'    # the peers: OpenInference's and Traceloop's litellm instrumentors
+    python benchmarks/bench_litellm.py [--rounds 3] [--runs 200] [--turns 10] [--bytes-turns 10,20,40]
+                                       [--pin] [--metrics] [--json]
 
-Variants, interleaved round by round (order rotated) so machine noise hits them alike. One run is
-10 model calls over loopback HTTP and 9 tool calls; each ratio is the median over rounds of a run's
-wall time over the baseline's in the same round:
+One run is ``--turns`` model calls (over loopback HTTP to the scripted server, which runs in this
+parent process) and a tool call after each but the last. Configurations, each on the same loop:
 
-- uninstrumented: a plain loop calling ``litellm.acompletion`` and the tools (the baseline);
-- kiln-otel: ``traced_run`` + ``run_agent`` (run span, message events, chat and tool spans, metrics);
-- run_agent, no SDK: the same with a no-op tracer provider: the loop's own cost (threads for sync tools);
-- openinference: the same plain loop under openinference-instrumentation-litellm;
-- litellm-otel: the same plain loop with litellm's own ``"otel"`` callback.
+- ``none``: the hand-written loop calling ``litellm.acompletion`` and the tool (the baseline);
+- ``kiln-otel``: the same loop in a ``traced_run``, each call through ``traced_acompletion``;
+- ``run_agent``: ``traced_run`` + ``run_agent`` (chat and ``execute_tool`` spans), against the same
+  hand-written loop, which does what it does;
+- ``openinference``, ``litellm-otel`` (litellm's own ``"otel"`` callback), ``traceloop``
+  (``opentelemetry-instrumentation-litellm``): the hand-written loop under the peer, with its defaults.
 
-Every instrumented variant exports through a BatchSpanProcessor to an exporter that encodes the
-spans to OTLP protobuf (what a real exporter pays) and drops the bytes. Target: kiln-otel <= 3%.
+How it measures: every configuration runs in a fresh process (``--worker``), with ``--pin`` pinned
+to one CPU while the server gets the other (then the exporter's thread and run_agent's tool threads
+share the app's one core: the harshest case for work moved off the caller's thread), with the same
+SDK setup: a global TracerProvider with a BatchSpanProcessor
+whose exporter encodes every batch to OTLP protobuf as the OTLP exporters do (and counts the bytes
+instead of sending them); with ``--metrics`` also a global SDK MeterProvider (kiln-otel and Traceloop
+then record the GenAI metrics; the issue's own table was measured without). A worker warms up, then times ``--runs``
+runs: wall time per run (summed over runs) and the process's CPU time (all threads, so the
+exporter's encoding counts), ending with a flush of the tracer provider so no deferred work escapes.
+Each round starts every configuration once, in an order rotated round by round; each ratio is the
+configuration's time over the baseline's in the same round, and the table shows the median and the
+min-max over rounds.
+
+It fails (exit status 1, with the reason) when a configuration records less than it claims: after
+the timed runs each worker does one more run and checks what was exported: kiln-otel's spans must
+rebuild (``reconstruct_trace``) to exactly the run's conversation, and a peer must have written a
+span per model call holding the last tool result it was sent.
+
+``--bytes-turns`` then runs each configuration a few times per conversation length and reports the
+OTLP bytes per run: kiln-otel records each message once, so its bytes grow linearly with the turns.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-import litellm
-from opentelemetry import trace
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.trace import NoOpTracerProvider
-
-from kiln_otel import traced_run
-from kiln_otel.litellm import run_agent
-from kiln_otel.testing import ScriptedModelServer, ToolCall, Turn
-
-litellm.suppress_debug_info = True
-TURNS = 10
-SETTLE_SECONDS = 0.05
-"""Unmeasured pause after each run: work a callback deferred (litellm's logger) must not land in the next."""
+MODEL = "openai/scripted"
+API_KEY = "sk-local"
+DRAIN_SECONDS = 0.3
+"""After the timed runs: litellm's deferred callbacks (its own "otel" logger) land inside the CPU window."""
+WARMUP_RUNS = 5
 TOOLS = [
     {
         "type": "function",
@@ -61,35 +74,6 @@ def lookup(q: str) -> str:
     return f"found {q}"
 
 
-def script(request: dict[str, Any]) -> Turn:
-    """Tool calls until the conversation holds TURNS - 1 answers, then a final text answer."""
-    done = sum(1 for m in request["messages"] if m.get("role") == "tool")
-    if done < TURNS - 1:
-        return Turn.tool_calls([ToolCall("lookup", {"q": f"item {done}"})])
-    return Turn.text("All done: here is the plan.")
-
-
-class EncodingExporter(SpanExporter):
-    def __init__(self) -> None:
-        self.bytes = 0
-        self.spans = 0
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        self.bytes += len(encode_spans(spans).SerializeToString())
-        self.spans += len(spans)
-        return SpanExportResult.SUCCESS
-
-
-EXPORTERS: dict[TracerProvider, EncodingExporter] = {}
-
-
-def provider() -> TracerProvider:
-    tracer_provider = TracerProvider()
-    EXPORTERS[tracer_provider] = EncodingExporter()
-    tracer_provider.add_span_processor(BatchSpanProcessor(EXPORTERS[tracer_provider]))
-    return tracer_provider
-
-
 def start_messages() -> list[dict[str, Any]]:
     return [
         {"role": "system", "content": "You are a careful planner."},
@@ -97,163 +81,403 @@ def start_messages() -> list[dict[str, Any]]:
     ]
 
 
-async def plain_agent(base_url: str) -> None:
-    messages = start_messages()
-    for _ in range(TURNS):
-        response = await litellm.acompletion(
-            model="openai/scripted", messages=messages, tools=TOOLS, api_base=base_url, api_key="sk-local",
-            num_retries=0, timeout=10,
-        )  # fmt: skip
-        message = response.choices[0].message
-        messages.append(message.model_dump())
-        if not message.tool_calls:
-            return
-        for call in message.tool_calls:
-            result = lookup(**json.loads(call.function.arguments))
-            messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
-    raise RuntimeError("Too many turns")
+def last_tool_result(turns: int) -> str:
+    return lookup(f"item {turns - 2}")
 
 
-def kiln_agent(tracer_provider: trace.TracerProvider) -> Callable[[str], Awaitable[None]]:
-    """``run_agent`` in a ``traced_run``; with a no-op provider it isolates the loop's own cost."""
+@dataclass(frozen=True)
+class Config:
+    name: str
+    description: str
+    spans_per_run: Callable[[int], int] | None
+    """Spans a run must export (None: the peer decides; at least one per model call is checked)."""
 
-    async def run(base_url: str) -> None:
-        async with traced_run("bench", tracer_provider=tracer_provider) as traced:
-            traced.messages.extend(start_messages())
-            await run_agent(
-                "openai/scripted", traced.messages, tools=TOOLS, tool_handlers={"lookup": lookup},
-                max_turns=TURNS, api_base=base_url, api_key="sk-local", num_retries=0, timeout=10,
-                tracer_provider=tracer_provider,
+
+CONFIGS = {
+    c.name: c
+    for c in (
+        Config("none", "hand-written loop, no instrumentation (the baseline)", lambda turns: 0),
+        Config("kiln-otel", "traced_run + traced_acompletion per call", lambda turns: 1 + turns),
+        Config("run_agent", "traced_run + run_agent", lambda turns: 1 + turns + (turns - 1)),
+        Config("openinference", "openinference-instrumentation-litellm", None),
+        Config("litellm-otel", 'litellm\'s own "otel" callback', None),
+        Config("traceloop", "Traceloop opentelemetry-instrumentation-litellm", None),
+    )
+}
+PEERS = ("openinference", "litellm-otel", "traceloop")
+
+
+# --- the worker: one configuration in a fresh process ----------------------------------------------
+
+
+class FailedClaim(Exception):
+    """A configuration recorded less than it claims."""
+
+
+def worker(config: str, base_url: str, runs: int, turns: int, cpu: int | None, with_metrics: bool) -> dict[str, Any]:
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    import litellm
+    from opentelemetry import metrics, trace
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    litellm.suppress_debug_info = True
+    exporter = EncodingExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(tracer_provider)
+    if with_metrics:
+        metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
+    run = prepare(config, turns)
+
+    async def measure() -> dict[str, Any]:
+        for _ in range(WARMUP_RUNS):
+            await run(base_url)
+        await asyncio.sleep(DRAIN_SECONDS)
+        tracer_provider.force_flush()
+        exporter.reset()
+        gc.collect()
+        walls = []
+        cpu_start = time.process_time()
+        for _ in range(runs):
+            start = time.perf_counter()
+            await run(base_url)
+            walls.append(time.perf_counter() - start)
+        await asyncio.sleep(DRAIN_SECONDS)
+        tracer_provider.force_flush()
+        cpu_seconds = time.process_time() - cpu_start
+        measured = {
+            "wall_ms": sum(walls) / runs * 1000,
+            "wall_median_ms": statistics.median(walls) * 1000,
+            "cpu_ms": cpu_seconds / runs * 1000,
+            "spans_per_run": exporter.spans / runs,
+            "bytes_per_run": exporter.bytes / runs,
+        }
+        expected = CONFIGS[config].spans_per_run
+        if expected is not None and exporter.spans != expected(turns) * runs:
+            raise FailedClaim(f"{config}: {exporter.spans} spans exported in {runs} runs, not {expected(turns)} each")
+        exporter.reset(keep=True)
+        messages = await run(base_url)
+        await asyncio.sleep(DRAIN_SECONDS)
+        tracer_provider.force_flush()
+        verify(config, turns, messages, exporter.kept)
+        return measured
+
+    return asyncio.run(measure())
+
+
+def prepare(config: str, turns: int) -> Callable[[str], Awaitable[Sequence[Any]]]:
+    """Instrument (for a peer) and return the run to time; it returns the run's final message list."""
+    if config == "kiln-otel":
+        return kiln_loop(turns)
+    if config == "run_agent":
+        return kiln_run_agent(turns)
+    if config == "openinference":
+        from openinference.instrumentation.litellm import LiteLLMInstrumentor
+
+        LiteLLMInstrumentor().instrument()
+    elif config == "traceloop":
+        from opentelemetry.instrumentation.litellm import LiteLLMInstrumentor as TraceloopInstrumentor
+
+        TraceloopInstrumentor().instrument()
+    elif config == "litellm-otel":
+        import litellm
+        from litellm.integrations.opentelemetry import OpenTelemetry
+
+        litellm.callbacks = [*litellm.callbacks, OpenTelemetry()]
+    elif config != "none":
+        raise SystemExit(f"unknown configuration {config!r}")
+    return plain_loop(turns)
+
+
+def plain_loop(turns: int) -> Callable[[str], Awaitable[Sequence[Any]]]:
+    """The hand-written agent loop every other configuration is compared with."""
+    import litellm
+
+    async def run(base_url: str) -> Sequence[Any]:
+        messages: list[Any] = start_messages()
+        for _ in range(turns):
+            response = await litellm.acompletion(
+                model=MODEL, messages=messages, tools=TOOLS, api_base=base_url, api_key=API_KEY,
+                num_retries=0, timeout=10,
             )  # fmt: skip
+            message = response.choices[0].message
+            messages.append(message)
+            if not answer_tools(messages, message):
+                return messages
+        raise RuntimeError("Too many turns")
 
     return run
 
 
-class Variant:
-    def __init__(
-        self,
-        name: str,
-        run: Callable[[str], Awaitable[None]],
-        on: Callable[[], None],
-        off: Callable[[], None],
-        tracer_provider: TracerProvider | None = None,
-    ):
-        self.name, self.run, self.on, self.off = name, run, on, off
-        self.tracer_provider = tracer_provider
-        self.times: list[float] = []
-
-    def spans_per_run(self) -> float | None:
-        """Spans exported per run (warm-up included), to tell cheap from merely deferred work."""
-        if self.tracer_provider is None:
-            return None
-        self.tracer_provider.force_flush()
-        return round(EXPORTERS[self.tracer_provider].spans / (len(self.times) + 1), 1)
+def answer_tools(messages: list[Any], message: Any) -> bool:
+    """One tool message per tool call of ``message``, as the loop's tool answers; False when it called none."""
+    if not message.tool_calls:
+        return False
+    for call in message.tool_calls:
+        result = lookup(**json.loads(call.function.arguments))
+        messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
+    return True
 
 
-def nothing() -> None:
-    return None
+def kiln_loop(turns: int) -> Callable[[str], Awaitable[Sequence[Any]]]:
+    """The same loop recorded by kiln-otel: the run's list, each call a ``chat`` span."""
+    from kiln_otel import traced_run
+    from kiln_otel.litellm import traced_acompletion
+
+    async def run(base_url: str) -> Sequence[Any]:
+        async with traced_run("bench") as traced:
+            messages = traced.messages
+            messages.extend(start_messages())
+            for _ in range(turns):
+                response = await traced_acompletion(
+                    messages, model=MODEL, tools=TOOLS, api_base=base_url, api_key=API_KEY, num_retries=0,
+                    timeout=10,
+                )  # fmt: skip
+                if not answer_tools(messages, response.choices[0].message):
+                    return list(messages)
+        raise RuntimeError("Too many turns")
+
+    return run
 
 
-def openinference_variant() -> Variant | None:
-    try:
-        from openinference.instrumentation.litellm import LiteLLMInstrumentor
-    except ImportError:
+def kiln_run_agent(turns: int) -> Callable[[str], Awaitable[Sequence[Any]]]:
+    from kiln_otel import traced_run
+    from kiln_otel.litellm import run_agent
+
+    async def run(base_url: str) -> Sequence[Any]:
+        async with traced_run("bench") as traced:
+            traced.messages.extend(start_messages())
+            await run_agent(
+                MODEL, traced.messages, tools=TOOLS, tool_handlers={"lookup": lookup}, max_turns=turns,
+                api_base=base_url, api_key=API_KEY, num_retries=0, timeout=10,
+            )  # fmt: skip
+            return list(traced.messages)
+
+    return run
+
+
+class EncodingExporter:
+    """What an OTLP exporter does with a batch before the network: encode it to protobuf. Counts it."""
+
+    def __init__(self) -> None:
+        from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+        self._encode = encode_spans
+        self.reset()
+
+    def reset(self, keep: bool = False) -> None:
+        self.bytes = 0
+        self.spans = 0
+        self.kept: list[Any] | None = [] if keep else None
+
+    def export(self, spans: Sequence[Any]) -> Any:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        self.bytes += len(self._encode(spans).SerializePartialToString())
+        self.spans += len(spans)
+        if self.kept is not None:
+            self.kept.extend(spans)
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
         return None
-    instrumentor = LiteLLMInstrumentor()
-    tracer_provider = provider()
-    return Variant(
-        "openinference",
-        plain_agent,
-        lambda: instrumentor.instrument(tracer_provider=tracer_provider),
-        instrumentor.uninstrument,
-        tracer_provider,
-    )
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
 
 
-def litellm_otel_variant() -> Variant:
-    from litellm.integrations.opentelemetry import OpenTelemetry
+def verify(config: str, turns: int, messages: Sequence[Any], spans: list[Any] | None) -> None:
+    """Raise `FailedClaim` when the verification run's export is short of what the configuration claims."""
+    assert spans is not None
+    expected = CONFIGS[config].spans_per_run
+    conversation = 2 + turns + (turns - 1)
+    if len(messages) != conversation:
+        raise FailedClaim(f"{config}: the run ended with {len(messages)} messages, expected {conversation}")
+    if expected is not None and len(spans) != expected(turns):
+        raise FailedClaim(f"{config}: exported {len(spans)} spans for one run, expected {expected(turns)}")
+    if config in ("kiln-otel", "run_agent"):
+        verify_rebuilt(config, messages, spans)
+    elif config != "none":
+        if len(spans) < turns:
+            raise FailedClaim(f"{config}: exported {len(spans)} spans for a run of {turns} model calls")
+        text = last_tool_result(turns)
+        if not any(text in json.dumps(dict(span.attributes or {})) for span in spans):
+            raise FailedClaim(f"{config}: no exported span holds the last tool result {text!r} the model was sent")
 
-    tracer_provider = provider()
-    callback = OpenTelemetry(tracer_provider=tracer_provider)
-    saved: list[Any] = []
 
-    def on() -> None:
-        saved[:] = list(litellm.callbacks)
-        litellm.callbacks = [*saved, callback]
+def verify_rebuilt(config: str, messages: Sequence[Any], spans: list[Any]) -> None:
+    from kiln_otel import reconstruct_trace
+    from kiln_otel.encoding import to_jsonable
+    from kiln_otel.otlp_json import encode_otlp_json
 
-    def off() -> None:
-        litellm.callbacks = saved
-
-    return Variant("litellm-otel", plain_agent, on, off, tracer_provider)
+    rebuilt = list(reconstruct_trace(json.dumps(encode_otlp_json(spans)).encode()))
+    original = [to_jsonable(m) for m in messages]
+    if rebuilt != original:
+        raise FailedClaim(f"{config}: the exported run rebuilds to {len(rebuilt)} messages that differ from the run's")
 
 
-async def measure(variants: list[Variant], base_url: str, rounds: int) -> None:
-    for variant in variants:  # warm up each once: imports, connection pools, first-call caches
-        variant.on()
-        await variant.run(base_url)
-        variant.off()
+# --- the parent: rounds of fresh workers ------------------------------------------------------------
+
+
+def script_for(turns: int) -> Callable[[dict[str, Any]], Any]:
+    from kiln_otel.testing import ToolCall, Turn
+
+    def script(request: dict[str, Any]) -> Any:
+        """Tool calls until the conversation holds turns - 1 answers, then a final text answer."""
+        done = sum(1 for m in request["messages"] if m.get("role") == "tool")
+        if done < turns - 1:
+            return Turn.tool_calls([ToolCall("lookup", {"q": f"item {done}"})])
+        return Turn.text("All done: here is the plan.")
+
+    return script
+
+
+@dataclass(frozen=True)
+class Setup:
+    pin: bool
+    with_metrics: bool
+
+
+def spawn(config: str, runs: int, turns: int, setup: Setup) -> dict[str, Any]:
+    """One configuration in a fresh process, against a fresh server in this one (its own CPU)."""
+    from kiln_otel.testing import ScriptedModelServer
+
+    with ScriptedModelServer(script_for(turns)) as server:
+        command = [sys.executable, __file__, "--worker", config, "--base-url", server.base_url,
+                   "--runs", str(runs), "--turns", str(turns)]  # fmt: skip
+        if setup.pin:
+            command += ["--cpu", "1"]
+        if setup.with_metrics:
+            command.append("--metrics")
+        done = subprocess.run(command, capture_output=True, text=True, timeout=3600, check=False)
+    if done.returncode != 0:
+        raise FailedClaim(f"{config} worker failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+PEER_MODULES = {
+    "openinference": "openinference.instrumentation.litellm",
+    "traceloop": "opentelemetry.instrumentation.litellm",
+}
+
+
+def available(configs: list[str]) -> list[str]:
+    """The configurations asked for; a peer that is not installed stops the benchmark (never skipped)."""
+    import importlib.util
+
+    for name in configs:
+        if name not in CONFIGS:
+            raise SystemExit(f"unknown configuration {name!r}: choose from {', '.join(CONFIGS)}")
+        module = PEER_MODULES.get(name)
+        if module is not None and importlib.util.find_spec(module) is None:
+            raise SystemExit(f"{name} is not installed: pip install -e '.[bench]'")
+    return configs
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3), "max": round(max(values), 3)}
+
+
+def table(configs: list[str], rounds: int, runs: int, turns: int, setup: Setup) -> list[dict[str, Any]]:
+    samples: dict[str, list[dict[str, Any]]] = {name: [] for name in configs}
     for round_number in range(rounds):
-        shift = round_number % len(variants)  # rotate, so no variant always follows the same one
-        for variant in variants[shift:] + variants[:shift]:
-            variant.on()
-            start = time.perf_counter()
-            await variant.run(base_url)
-            variant.times.append(time.perf_counter() - start)
-            variant.off()
-            await asyncio.sleep(SETTLE_SECONDS)
+        shift = round_number % len(configs)
+        for name in configs[shift:] + configs[:shift]:
+            samples[name].append(spawn(name, runs, turns, setup))
+            print(f"  round {round_number + 1}/{rounds}: {name} {samples[name][-1]}", file=sys.stderr)
+    base = samples["none"]
+    rows = []
+    for name in configs:
+        mine = samples[name]
+        rows.append(
+            {
+                "configuration": name,
+                "description": CONFIGS[name].description,
+                "wall_ms": round(statistics.median(s["wall_ms"] for s in mine), 2),
+                "cpu_ms": round(statistics.median(s["cpu_ms"] for s in mine), 2),
+                "wall_ratio": spread([s["wall_ms"] / b["wall_ms"] for s, b in zip(mine, base)]),
+                "cpu_ratio": spread([s["cpu_ms"] / b["cpu_ms"] for s, b in zip(mine, base)]),
+                "spans_per_run": round(statistics.median(s["spans_per_run"] for s in mine), 1),
+                "bytes_per_run": round(statistics.median(s["bytes_per_run"] for s in mine)),
+            }
+        )
+    return rows
 
 
-def paired_ratio(times: list[float], baseline: list[float]) -> float:
-    """Median of per-round ratios: each run is compared with the baseline run of the same round,
-    so slow drifts of the machine (other processes, CPU frequency) cancel out."""
-    return statistics.median(t / b for t, b in zip(times, baseline))
+def bytes_by_length(configs: list[str], lengths: list[int], setup: Setup) -> list[dict[str, Any]]:
+    rows = []
+    for name in configs:
+        if name == "none":
+            continue
+        row: dict[str, Any] = {"configuration": name}
+        for turns in lengths:
+            row[f"{turns} turns"] = round(spawn(name, 3, turns, setup)["bytes_per_run"])
+        rows.append(row)
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=60)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=200, help="timed runs per worker")
+    parser.add_argument("--turns", type=int, default=10, help="model calls per run")
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated; 'none' is always run")
+    parser.add_argument("--bytes-turns", default="10,20,40", help="conversation lengths for bytes per run ('' skips)")
+    parser.add_argument("--pin", action="store_true", help="pin the server to CPU 0 and each worker to CPU 1")
+    parser.add_argument("--metrics", action="store_true", help="workers also set a global SDK MeterProvider")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--base-url", help=argparse.SUPPRESS)
+    parser.add_argument("--cpu", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    kiln_provider = provider()
-    variants = [
-        Variant("uninstrumented", plain_agent, nothing, nothing),
-        Variant("kiln-otel", kiln_agent(kiln_provider), nothing, nothing, kiln_provider),
-        Variant("run_agent, no SDK", kiln_agent(NoOpTracerProvider()), nothing, nothing),
-    ]
-    optional = openinference_variant()
-    if optional is not None:
-        variants.append(optional)
-    variants.append(litellm_otel_variant())
-    with ScriptedModelServer(script) as server:
-        asyncio.run(measure(variants, server.base_url, args.rounds))
-    results = []
-    for v in variants:
-        ratio = paired_ratio(v.times, variants[0].times)
-        results.append(
-            {
-                "variant": v.name,
-                "median_ms": round(statistics.median(v.times) * 1000, 2),
-                "ratio": round(ratio, 3),
-                "overhead_percent": round((ratio - 1) * 100, 1),
-                "spans_per_run": v.spans_per_run(),
-            }
-        )
-    instrumentation = paired_ratio(variants[1].times, variants[2].times)
-    results.append({"variant": "kiln-otel vs run_agent, no SDK", "ratio": round(instrumentation, 3),
-                    "overhead_percent": round((instrumentation - 1) * 100, 1)})  # fmt: skip
-    if args.json:
-        print(json.dumps(results, indent=2))
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.base_url, args.runs, args.turns, args.cpu, args.metrics)))
         return
-    if optional is None:
-        print("(openinference-instrumentation-litellm not installed: pip install -e '.[bench]')")
-    for r in results:
-        if "median_ms" not in r:
-            print(f"{r['variant']}: ratio {r['ratio']}, the instrumentation's own overhead {r['overhead_percent']}%")
-            continue
+    pin = args.pin and hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2
+    if pin:
+        os.sched_setaffinity(0, {0})  # the scripted server; workers get CPU 1
+    names = [name for name in args.configs.split(",") if name and name != "none"]
+    configs = available(["none", *names])
+    try:
+        setup = Setup(pin, args.metrics)
+        rows = table(configs, args.rounds, args.runs, args.turns, setup)
+        lengths = [int(n) for n in args.bytes_turns.split(",") if n]
+        by_length = bytes_by_length(configs, lengths, setup) if lengths else []
+    except FailedClaim as failure:
+        print(f"FAILED: {failure}", file=sys.stderr)
+        raise SystemExit(1) from None
+    if args.json:
+        print(json.dumps({"turns": args.turns, "rounds": args.rounds, "runs": args.runs, "metrics": args.metrics,
+                          "pinned": pin, "table": rows, "bytes_by_length": by_length}, indent=2))  # fmt: skip
+        return
+    print_report(rows, by_length, args)
+
+
+def print_report(rows: list[dict[str, Any]], by_length: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    sdk = "tracing and an SDK MeterProvider" if args.metrics else "tracing only (no MeterProvider)"
+    cpus = "worker pinned to one CPU" if args.pin else "2 CPUs shared with the server"
+    print(f"{args.turns}-turn tool-calling run, {args.rounds} rounds x {args.runs} runs, a fresh process each")
+    print(f"{sdk}; {cpus}")
+    print("| configuration | wall vs none (min-max) | CPU vs none (min-max) | wall ms/run | spans/run | bytes/run |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        wall, cpu = r["wall_ratio"], r["cpu_ratio"]
         print(
-            f"{r['variant']:<16} {r['median_ms']:>8} ms per run   ratio {r['ratio']:>6}"
-            f"   overhead {r['overhead_percent']:>6}%   spans/run {r['spans_per_run']}"
+            f"| {r['configuration']} | {wall['median']:.3f} ({wall['min']:.3f}-{wall['max']:.3f}) "
+            f"| {cpu['median']:.3f} ({cpu['min']:.3f}-{cpu['max']:.3f}) | {r['wall_ms']} "
+            f"| {r['spans_per_run']} | {r['bytes_per_run']} |"
         )
+    if by_length:
+        lengths = [key for key in by_length[0] if key != "configuration"]
+        print("\nOTLP bytes per run by conversation length")
+        print("| configuration | " + " | ".join(lengths) + " |")
+        print("|---|" + "---|" * len(lengths))
+        for row in by_length:
+            print(f"| {row['configuration']} | " + " | ".join(str(row[key]) for key in lengths) + " |")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from opentelemetry.util.types import AttributeValue
 
 from kiln_otel import lifecycle, wire
 from kiln_otel._guard import report_internal_error
+from kiln_otel._tracers import tracer_for
 from kiln_otel.config import Settings, resolve_settings
 from kiln_otel.error_messages import GENERIC_MESSAGE, format_error_message
 from kiln_otel.errors import KilnRunError, ProcessExitedError, RunAbandonedError, RunInterruptedError
@@ -33,7 +34,6 @@ from kiln_otel.messages import TracedMessages
 from kiln_otel.recorder import Recorder
 from kiln_otel.redaction import RedactSetting
 from kiln_otel.span_errors import FailureLog, collect_failures, record_failure, record_run_failure, stop_collecting
-from kiln_otel.version import __version__
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -108,7 +108,7 @@ class TracedRun:
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
         self._provider = tracer_provider if tracer_provider is not None else trace.get_tracer_provider()
-        tracer = trace.get_tracer("kiln_otel", __version__, self._provider)
+        tracer = tracer_for("kiln_otel", self._provider)
         self.span: Span = (
             trace.INVALID_SPAN
             if _suppressed()

@@ -151,3 +151,50 @@ def test_no_key_is_ever_lost_and_any_non_string_key_is_marked(message: dict[Any,
     assert len(back) == len(message)
     assert sorted(back.values()) == sorted(message.values())
     assert lossy == any(not isinstance(key, str) for key in message)
+
+
+class Key(str):
+    """A str subclass as a dict key: orjson refuses it, pydantic_core writes it as the string it is."""
+
+
+JSON_LEAVES = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)  # across orjson's 64-bit limit
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=12)
+    | st.sampled_from(["null", "NaN", "Infinity", "nullable"])  # the words the NaN check looks for
+)
+JSON_VALUES = st.recursive(
+    JSON_LEAVES,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(JSON_VALUES)
+def test_plain_data_is_written_exactly_as_pydantic_core_writes_it(value: Any) -> None:
+    """orjson's fast path writes the very bytes the slower path did, NaN and infinities included
+    (orjson alone would write them as null), long ints too, and marks nothing."""
+    import pydantic_core
+
+    raw, lossy = serialize({"role": "user", "content": value})
+    assert not lossy
+    assert raw == pydantic_core.to_json({"role": "user", "content": value}, inf_nan_mode="constants")
+
+
+def test_values_orjson_refuses_take_the_careful_path_and_are_only_marked_when_lossy() -> None:
+    import dataclasses
+    import datetime
+
+    @dataclasses.dataclass
+    class Point:
+        x: int
+
+    assert serialize({Key("role"): "user"}) == (b'{"role":"user"}', False)
+    assert serialize({"n": 2**65}) == (b'{"n":36893488147419103232}', False)
+    assert serialize({"at": datetime.datetime(2026, 1, 2, 3, 4, 5)}) == (b'{"at":"2026-01-02T03:04:05"}', False)
+    assert serialize({"p": Point(1), "s": {3}}) == (b'{"p":{"x":1},"s":[3]}', False)
+    assert serialize({"score": float("nan"), "note": "null"}) == (b'{"score":NaN,"note":"null"}', False)
+    assert serialize({1: "a", "1": "b"})[1]
+    assert serialize({"bad": "\ud800"})[1]

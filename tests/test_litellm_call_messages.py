@@ -23,6 +23,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode
 
 from kiln_otel import KilnRunError, reconstruct_error, reconstruct_trace, traced_run, wire
+from kiln_otel import _flusher as flusher_module
 from kiln_otel import config as kiln_config
 from kiln_otel._guard import set_strict
 from kiln_otel.encoding import to_jsonable
@@ -141,6 +142,24 @@ def test_a_failed_sync_call_records_what_it_was_sent_and_rebuilds(
     assert payload.message == chat.status.description
     assert payload.span_id == f"{chat.context.span_id:016x}"
     assert payload.trace_complete
+
+
+def test_a_failed_call_leaves_nothing_for_the_live_export_thread(
+    tracing: Tracing, serve: Serve, instrument: Instrument, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its messages are complete when it fails and go out with its span: no wake-up is asked for."""
+    asked: list[object] = []
+    monkeypatch.setattr(flusher_module, "schedule", lambda deadline, target: asked.append(target))
+    instrument()
+    server = serve(Turn.fault(Fault.RATE_LIMIT), Turn.fault(Fault.RATE_LIMIT))
+    for _ in range(2):
+        with pytest.raises(lx.RateLimitError):
+            litellm.completion(messages=conversation(), **call_kwargs(server))
+    assert [len(event_names(chat)) for chat in chat_spans(tracing)] == [5, 5]
+    assert asked == []
+    with traced_run("control", tracer_provider=tracing.provider) as run:  # a run does ask, once
+        run.messages.append(SYSTEM)
+    assert len(asked) == 1
 
 
 def test_a_failed_async_call_records_what_it_was_sent(tracing: Tracing, serve: Serve, instrument: Instrument) -> None:

@@ -541,3 +541,21 @@ def test_the_traced_list_still_records_each_message_once(tracing: Tracing, serve
         "kiln_otel.message.assistant",
     ]
     assert [len(s.events) for s in tracing.spans() if s.name.startswith("chat")] == [0, 0]
+
+
+def test_request_attributes_are_a_fresh_dict_per_call_though_routing_is_worked_out_once() -> None:
+    """The provider, model and server part is shared between calls to one model: a caller that adds
+    the answer's attributes to its dict must not change what the next call starts with."""
+    kwargs = {"model": "openai/gpt-4o", "api_base": "http://127.0.0.1:9/v1"}
+    first = request_attributes(kwargs, frozenset({"openai"}))
+    first[wire.ATTR_GEN_AI_RESPONSE_ID] = "chatcmpl-1"
+    second = request_attributes({**kwargs, "temperature": 0.5}, frozenset({"openai"}))
+    assert second == {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "openai",
+        "gen_ai.request.model": "gpt-4o",
+        "server.address": "127.0.0.1",
+        "server.port": 9,
+        "gen_ai.request.temperature": 0.5,
+    }
+    assert request_attributes({"model": ["not", "hashable"]}) == {"gen_ai.operation.name": "chat"}

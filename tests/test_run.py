@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 import pytest
@@ -45,6 +46,28 @@ def test_success_ends_span_unset_with_totals(tracing: Tracing) -> None:
     assert span.attributes["gen_ai.agent.name"] == "agent"
     assert span.attributes["gen_ai.conversation.id"] == "conv-1"
     assert span.attributes["kiln_otel.messages.count"] == 1
+
+
+def test_message_events_are_the_sdks_own_events_to_every_reader(tracing: Tracing) -> None:
+    """The recorder hands the SDK span events it builds cheaply: they must still be ``Event`` objects
+    that each exporter's way of reading them (attributes, ``to_json``, OTLP encoding) sees whole."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.trace import Event
+
+    with traced_run("agent", tracer_provider=tracing.provider) as run:
+        run.messages.extend([SYSTEM, USER])
+    span = tracing.span("invoke_agent agent")
+    first, second = span.events
+    assert isinstance(first, Event)
+    assert isinstance(second, Event)
+    assert (first.name, second.name) == ("kiln_otel.message.system", "kiln_otel.message.user")
+    assert first.timestamp <= second.timestamp
+    assert first.dropped_attributes == 0
+    assert first.attributes["kiln_otel.message.json"] == '{"role":"system","content":"You are terse."}'
+    assert json.loads(span.to_json())["events"][1]["attributes"]["kiln_otel.seq"] == 1
+    (encoded,) = encode_spans([span]).resource_spans[0].scope_spans[0].spans
+    assert [e.name for e in encoded.events] == ["kiln_otel.message.system", "kiln_otel.message.user"]
+    assert encoded.events[1].time_unix_nano == second.timestamp
 
 
 def test_failure_marks_span_and_wraps_original(tracing: Tracing) -> None:

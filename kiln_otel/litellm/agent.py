@@ -23,6 +23,7 @@ from opentelemetry.util.types import AttributeValue
 
 from kiln_otel import wire
 from kiln_otel._guard import report_internal_error
+from kiln_otel._tracers import tracer_for
 from kiln_otel.bounded import bound_text
 from kiln_otel.config import Settings, resolve_settings
 from kiln_otel.encoding import _field, serialize
@@ -33,7 +34,6 @@ from kiln_otel.litellm.completion import call_async
 from kiln_otel.litellm.stream import AsyncTracedStream
 from kiln_otel.run import current_run
 from kiln_otel.span_errors import record_failure
-from kiln_otel.version import __version__
 
 __all__ = ["OnToolError", "ToolHandler", "run_agent"]
 
@@ -143,7 +143,7 @@ class _ToolRunner:
     def __init__(self, handlers: Mapping[str, ToolHandler], telemetry: Telemetry, settings: Settings) -> None:
         self._handlers = handlers
         provider = telemetry.in_run().tracer_provider
-        self._tracer: Tracer = trace.get_tracer(INSTRUMENTATION_SCOPE, __version__, provider)
+        self._tracer: Tracer = tracer_for(INSTRUMENTATION_SCOPE, provider)
         self._settings = settings
 
     async def run(self, call: Any) -> _Outcome:

@@ -123,25 +123,50 @@ _REQUEST_PARAMETERS: tuple[tuple[str, str, Callable[[object], AttributeValue | N
 
 def request_attributes(kwargs: Mapping[str, Any], known_providers: Container[str] = ()) -> dict[str, AttributeValue]:
     """Everything known before the call: what samplers and the span name need, set at span start."""
+    attributes = dict(_routing_attributes(kwargs, known_providers))
+    if not _PARAMETER_NAMES.isdisjoint(kwargs):
+        for key, attribute, convert in _REQUEST_PARAMETERS:
+            value = convert(kwargs.get(key))
+            if value is not None:
+                attributes[attribute] = value
+    choices = _integer(kwargs.get("n"))
+    if choices is not None and choices != 1:
+        attributes[wire.ATTR_GEN_AI_REQUEST_CHOICE_COUNT] = choices
+    if kwargs.get("stream"):
+        attributes[wire.ATTR_GEN_AI_REQUEST_STREAM] = True
+    return attributes
+
+
+_PARAMETER_NAMES = frozenset(key for key, _, _ in _REQUEST_PARAMETERS)
+_ROUTES: dict[tuple[object, ...], dict[str, AttributeValue]] = {}
+_MAX_ROUTES = 256
+
+
+def _routing_attributes(kwargs: Mapping[str, Any], known_providers: Container[str]) -> dict[str, AttributeValue]:
+    """Operation, provider, model and server: the same for every call to one model at one address,
+    so made once per (model, provider, api_base) and shared (read only: callers copy)."""
     model = kwargs.get("model")
-    model = model if isinstance(model, str) else ""
     custom = kwargs.get("custom_llm_provider")
+    base = kwargs.get("api_base") or kwargs.get("base_url")
+    try:
+        key = (model, custom, base, known_providers)
+        found = _ROUTES.get(key)
+    except TypeError:  # something unhashable where a string belongs: nothing to share
+        key, found = None, None
+    if found is not None:
+        return found
+    model = model if isinstance(model, str) else ""
     provider, model_name = split_model(model, custom if isinstance(custom, str) else None, known_providers)
     attributes: dict[str, AttributeValue] = {wire.ATTR_GEN_AI_OPERATION_NAME: wire.OPERATION_CHAT}
     if provider:
         attributes[wire.ATTR_GEN_AI_PROVIDER_NAME] = provider_name(provider)
     if model_name:
         attributes[wire.ATTR_GEN_AI_REQUEST_MODEL] = model_name
-    attributes.update(server_attributes(kwargs.get("api_base") or kwargs.get("base_url")))
-    for key, attribute, convert in _REQUEST_PARAMETERS:
-        value = convert(kwargs.get(key))
-        if value is not None:
-            attributes[attribute] = value
-    choices = _integer(kwargs.get("n"))
-    if choices is not None and choices != 1:
-        attributes[wire.ATTR_GEN_AI_REQUEST_CHOICE_COUNT] = choices
-    if kwargs.get("stream"):
-        attributes[wire.ATTR_GEN_AI_REQUEST_STREAM] = True
+    attributes.update(server_attributes(base))
+    if key is not None:
+        if len(_ROUTES) >= _MAX_ROUTES:
+            _ROUTES.clear()
+        _ROUTES[key] = attributes
     return attributes
 
 

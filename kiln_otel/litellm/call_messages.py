@@ -143,10 +143,7 @@ class StandaloneCall:
             items.append(answer)
         if not items:
             return False
-        recorder = Recorder(span, self.tracer, settings, _identity(span))
-        with recorder.lock:
-            recorder.inserted(0, items)
-            recorder.close(len(items))
+        Recorder(span, self.tracer, settings, _identity(span)).record_all(items)
         span.set_attribute(wire.ATTR_SCHEMA_VERSION, wire.SCHEMA_VERSION)
         return True
 

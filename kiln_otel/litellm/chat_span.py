@@ -8,14 +8,11 @@ of this, because they fire late, twice, or not at all (see the litellm reference
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import sys
 import threading
 import time
-import weakref
-from collections.abc import Callable, Iterator, Mapping, MutableSequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, MutableSequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -24,20 +21,20 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.metrics import MeterProvider
-from opentelemetry.trace import Span, SpanKind, Tracer, TracerProvider
+from opentelemetry.trace import Span, SpanKind, TracerProvider
 from opentelemetry.util.types import AttributeValue
 
 from kiln_otel import wire
 from kiln_otel._guard import report_internal_error
+from kiln_otel._tracers import tracer_for
 from kiln_otel.encoding import _field
 from kiln_otel.litellm._lazy import require_litellm
-from kiln_otel.litellm.attributes import provider_name, request_attributes, response_attributes, usage_tokens
+from kiln_otel.litellm.attributes import provider_name, request_attributes, response_attributes
 from kiln_otel.litellm.call_messages import CallMessages, StandaloneCall, call_messages_from_env
 from kiln_otel.litellm.metrics import ChatMetrics, chat_metrics
 from kiln_otel.redaction import RedactHook
 from kiln_otel.run import TracedRun, current_run
 from kiln_otel.span_errors import error_type_name, record_failure
-from kiln_otel.version import __version__
 
 __all__ = [
     "INSTRUMENTATION_SCOPE",
@@ -121,19 +118,25 @@ def assistant_message(response: object) -> Any:
     return _field(choices[0], "message")
 
 
-_tracers: weakref.WeakKeyDictionary[TracerProvider, Tracer] = weakref.WeakKeyDictionary()
+class _Active:
+    """`ChatCall.active`: a plain class, not a generator (``contextlib.contextmanager`` costs ~2 us a call)."""
 
+    __slots__ = ("_call", "_flag", "_token")
 
-def _tracer(provider: TracerProvider | None) -> Tracer:
-    """One tracer per provider: ``get_tracer`` builds a scope and a tracer (~15 us) on every call."""
-    resolved = provider if provider is not None else trace.get_tracer_provider()
-    try:
-        return _tracers[resolved]
-    except (KeyError, TypeError):
-        tracer = trace.get_tracer(INSTRUMENTATION_SCOPE, __version__, resolved)
-        with contextlib.suppress(TypeError):  # a provider that cannot be weakly referenced: no cache
-            _tracers[resolved] = tracer
-        return tracer
+    def __init__(self, call: ChatCall) -> None:
+        self._call = call
+
+    def __enter__(self) -> None:
+        self._token = otel_context.attach(trace.set_span_in_context(self._call.span))
+        self._flag = _in_call.set(True)
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        try:
+            if exc is not None:
+                self._call.failed(exc)
+        finally:
+            _in_call.reset(self._flag)
+            otel_context.detach(self._token)
 
 
 @functools.cache
@@ -176,7 +179,7 @@ class ChatCall:
             run = current_run()
             telemetry = telemetry.within(run)
             attributes = request_attributes(request, _known_providers())
-            tracer = _tracer(telemetry.tracer_provider)
+            tracer = tracer_for(INSTRUMENTATION_SCOPE, telemetry.tracer_provider)
             name = wire.chat_span_name(str(attributes.get(wire.ATTR_GEN_AI_REQUEST_MODEL) or ""))
             span = tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
             metrics = chat_metrics(telemetry.meter_provider)
@@ -206,20 +209,10 @@ class ChatCall:
             return kwargs
         return {**kwargs, "metadata": {**(metadata or {}), LITELLM_PARENT_SPAN_KEY: self.span}}
 
-    @contextmanager
-    def active(self) -> Iterator[None]:
+    def active(self) -> _Active:
         """Around the litellm call: the chat span is current (HTTP client spans nest under it), and
         whatever the call raises is recorded, then re-raised untouched."""
-        token = otel_context.attach(trace.set_span_in_context(self.span))
-        flag = _in_call.set(True)
-        try:
-            yield
-        except BaseException as exc:
-            self.failed(exc)
-            raise
-        finally:
-            _in_call.reset(flag)
-            otel_context.detach(token)
+        return _Active(self)
 
     def streaming(self) -> None:
         """The request went out as a stream: what it was sent is what its list holds now."""
@@ -279,16 +272,21 @@ class ChatCall:
             self._update({wire.ATTR_GEN_AI_PROVIDER_NAME: provider_name(litellm_provider)})
 
     def _record_answer(self, response: Any, message: Any, estimated: bool) -> None:
-        hidden = getattr(response, "_hidden_params", None)
-        if isinstance(hidden, Mapping):
-            self._learn_provider(hidden.get("custom_llm_provider"))
+        if wire.ATTR_GEN_AI_PROVIDER_NAME not in self.attributes:
+            hidden = getattr(response, "_hidden_params", None)
+            if isinstance(hidden, Mapping):
+                self._learn_provider(hidden.get("custom_llm_provider"))
         attributes = response_attributes(response)
         if estimated and wire.ATTR_GEN_AI_USAGE_INPUT_TOKENS in attributes:
             attributes[wire.ATTR_USAGE_ESTIMATED] = True
         self._update(attributes)
         if self._metrics is not None:
             seconds = time.perf_counter() - self._started
-            self._metrics.record(self.attributes, seconds, tokens=usage_tokens(response), estimated=estimated)
+            tokens = (
+                attributes.get(wire.ATTR_GEN_AI_USAGE_INPUT_TOKENS),
+                attributes.get(wire.ATTR_GEN_AI_USAGE_OUTPUT_TOKENS),
+            )
+            self._metrics.record(self.attributes, seconds, tokens=tokens, estimated=estimated)  # type: ignore[arg-type]
         if self.standalone is not None:
             self.standalone.answered(self.span, message)
         self.span.end()

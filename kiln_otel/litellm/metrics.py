@@ -67,11 +67,24 @@ class ChatMetrics:
 
 _lock = threading.Lock()
 _by_provider: weakref.WeakKeyDictionary[MeterProvider, ChatMetrics] = weakref.WeakKeyDictionary()
+_global: ChatMetrics | None = None
 
 
 def chat_metrics(provider: MeterProvider | None = None) -> ChatMetrics:
-    """The instruments for ``provider`` (the global meter provider when None), made on first use."""
-    resolved = provider if provider is not None else metrics.get_meter_provider()
+    """The instruments for ``provider`` (the global meter provider when None), made on first use.
+
+    The global provider is resolved once: it can be set only once, and instruments made from the
+    API's proxy before that forward to the provider set later.
+    """
+    global _global
+    if provider is None:
+        if _global is None:
+            _global = chat_metrics(metrics.get_meter_provider())
+        return _global
+    resolved = provider
+    found = _by_provider.get(resolved)  # made once per provider: the lock only guards the making
+    if found is not None:
+        return found
     with _lock:
         found = _by_provider.get(resolved)
         if found is None:
