@@ -3,6 +3,7 @@
     pip install -e '.[bench]'    # the peers: OpenInference's and Traceloop's litellm instrumentors
     python benchmarks/bench_litellm.py [--rounds 3] [--runs 200] [--turns 10] [--bytes-turns 10,20,40]
                                        [--pin] [--metrics] [--json]
+    python benchmarks/bench_litellm.py --breakdown   # kiln-otel's own code vs its spans' encoding
 
 One run is ``--turns`` model calls (over loopback HTTP to the scripted server, which runs in this
 parent process) and a tool call after each but the last. Configurations, each on the same loop:
@@ -34,6 +35,10 @@ span per model call holding the last tool result it was sent.
 
 ``--bytes-turns`` then runs each configuration a few times per conversation length and reports the
 OTLP bytes per run: kiln-otel records each message once, so its bytes grow linearly with the turns.
+
+``--breakdown`` says where kiln-otel's cost goes, with litellm's and the network's noise taken out:
+one run's real responses are replayed, and the plain loop, the kiln-otel loop with an exporter that
+only counts, and the kiln-otel loop with the encoding exporter alternate in one process.
 """
 
 from __future__ import annotations
@@ -320,6 +325,70 @@ def verify_rebuilt(config: str, messages: Sequence[Any], spans: list[Any]) -> No
         raise FailedClaim(f"{config}: the exported run rebuilds to {len(rebuilt)} messages that differ from the run's")
 
 
+def breakdown(base_url: str, turns: int, runs: int, blocks: int = 20) -> dict[str, float]:
+    """Where kiln-otel's cost goes, without litellm's or the network's noise: one real run's responses
+    are recorded, then replayed by a stand-in for ``litellm.acompletion``, and blocks of the plain loop,
+    the kiln-otel loop with an exporter that only counts, and the kiln-otel loop with the encoding
+    exporter alternate in this one process. Medians of CPU time per run over the blocks."""
+    import litellm
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
+
+    litellm.suppress_debug_info = True
+    real, recorded = litellm.acompletion, []
+
+    async def record(*args: Any, **kwargs: Any) -> Any:
+        recorded.append(await real(*args, **kwargs))
+        return recorded[-1]
+
+    litellm.acompletion = record
+    asyncio.run(plain_loop(turns)(base_url))
+    calls = iter(range(1 << 62))
+
+    async def replay(*args: Any, **kwargs: Any) -> Any:
+        return recorded[next(calls) % len(recorded)]
+
+    litellm.acompletion = replay
+    exporter = EncodingExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(tracer_provider)
+    encode = exporter.export
+    plain, kiln = plain_loop(turns), kiln_loop(turns)
+
+    def counting(spans: Sequence[Any]) -> Any:
+        exporter.spans += len(spans)
+        return SpanExportResult.SUCCESS
+
+    variants: list[tuple[str, Any, Any]] = [
+        ("none", plain, encode),
+        ("kiln", kiln, counting),
+        ("kiln+encode", kiln, encode),
+    ]
+
+    async def measure() -> dict[str, float]:
+        samples: dict[str, list[float]] = {name: [] for name, _, _ in variants}
+        for block in range(blocks + 2):  # the first two blocks warm up
+            for name, run, export in variants:
+                exporter.export = export  # type: ignore[method-assign]
+                gc.collect()
+                start = time.process_time()
+                for _ in range(runs):
+                    await run("")
+                tracer_provider.force_flush()
+                if block >= 2:
+                    samples[name].append((time.process_time() - start) / runs * 1e6)
+        none, kiln_only, kiln_encoding = (statistics.median(samples[name]) for name, _, _ in variants)
+        return {
+            "plain loop, replayed responses (us/run)": round(none, 1),
+            "kiln-otel's own code (us/run)": round(kiln_only - none, 1),
+            "OTLP protobuf encoding of its spans (us/run)": round(kiln_encoding - kiln_only, 1),
+        }
+
+    return asyncio.run(measure())
+
+
 # --- the parent: rounds of fresh workers ------------------------------------------------------------
 
 
@@ -429,17 +498,28 @@ def main() -> None:
     parser.add_argument("--bytes-turns", default="10,20,40", help="conversation lengths for bytes per run ('' skips)")
     parser.add_argument("--pin", action="store_true", help="pin the server to CPU 0 and each worker to CPU 1")
     parser.add_argument("--metrics", action="store_true", help="workers also set a global SDK MeterProvider")
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="only where kiln-otel's cost goes (its own code, its spans' encoding), from replayed responses",
+    )
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--base-url", help=argparse.SUPPRESS)
     parser.add_argument("--cpu", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker == "breakdown":
+        print(json.dumps(breakdown(args.base_url, args.turns, runs=max(1, args.runs // 4))))
+        return
     if args.worker:
         print(json.dumps(worker(args.worker, args.base_url, args.runs, args.turns, args.cpu, args.metrics)))
         return
     pin = args.pin and hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2
     if pin:
         os.sched_setaffinity(0, {0})  # the scripted server; workers get CPU 1
+    if args.breakdown:
+        print(json.dumps(spawn("breakdown", args.runs, args.turns, Setup(pin, False)), indent=2))
+        return
     names = [name for name in args.configs.split(",") if name and name != "none"]
     configs = available(["none", *names])
     try:
