@@ -10,8 +10,10 @@ parent process) and a tool call after each but the last. Configurations, each on
 
 - ``none``: the hand-written loop calling ``litellm.acompletion`` and the tool (the baseline);
 - ``kiln-otel``: the same loop in a ``traced_run``, each call through ``traced_acompletion``;
-- ``run_agent``: ``traced_run`` + ``run_agent`` (chat and ``execute_tool`` spans), against the same
-  hand-written loop, which does what it does;
+- ``none-threaded``: the hand-written loop running its tools as ``run_agent`` runs a sync handler (a
+  turn's calls gathered, each in ``asyncio.to_thread``);
+- ``run_agent``: ``traced_run`` + ``run_agent`` (chat and ``execute_tool`` spans), against
+  ``none-threaded``, the loop it stands for;
 - ``openinference``, ``litellm-otel`` (litellm's own ``"otel"`` callback), ``traceloop``
   (``opentelemetry-instrumentation-litellm``): the hand-written loop under the peer, with its defaults.
 
@@ -96,20 +98,26 @@ class Config:
     description: str
     spans_per_run: Callable[[int], int] | None
     """Spans a run must export (None: the peer decides; at least one per model call is checked)."""
+    baseline: str = "none"
+    """The uninstrumented loop that does what this configuration does, timed in the same round."""
 
 
 CONFIGS = {
     c.name: c
     for c in (
         Config("none", "hand-written loop, no instrumentation (the baseline)", lambda turns: 0),
+        Config(
+            "none-threaded", "the same loop running its tools as run_agent does (gather + to_thread)", lambda turns: 0
+        ),
         Config("kiln-otel", "traced_run + traced_acompletion per call", lambda turns: 1 + turns),
-        Config("run_agent", "traced_run + run_agent", lambda turns: 1 + turns + (turns - 1)),
+        Config("run_agent", "traced_run + run_agent", lambda turns: 1 + turns + (turns - 1), "none-threaded"),
         Config("openinference", "openinference-instrumentation-litellm", None),
         Config("litellm-otel", 'litellm\'s own "otel" callback', None),
         Config("traceloop", "Traceloop opentelemetry-instrumentation-litellm", None),
     )
 }
 PEERS = ("openinference", "litellm-otel", "traceloop")
+BASELINES = ("none", "none-threaded")
 
 
 # --- the worker: one configuration in a fresh process ----------------------------------------------
@@ -193,14 +201,20 @@ def prepare(config: str, turns: int) -> Callable[[str], Awaitable[Sequence[Any]]
         from litellm.integrations.opentelemetry import OpenTelemetry
 
         litellm.callbacks = [*litellm.callbacks, OpenTelemetry()]
+    elif config == "none-threaded":
+        return plain_loop(turns, threaded=True)
     elif config != "none":
         raise SystemExit(f"unknown configuration {config!r}")
     return plain_loop(turns)
 
 
-def plain_loop(turns: int) -> Callable[[str], Awaitable[Sequence[Any]]]:
-    """The hand-written agent loop every other configuration is compared with."""
+def plain_loop(turns: int, threaded: bool = False) -> Callable[[str], Awaitable[Sequence[Any]]]:
+    """The hand-written agent loop every other configuration is compared with; ``threaded``: its tools
+    run as `run_agent` runs a sync handler (all of a turn's calls gathered, each in a thread), so that
+    `run_agent` is compared with the loop it stands for."""
     import litellm
+
+    answer = answer_tools_threaded if threaded else answer_tools
 
     async def run(base_url: str) -> Sequence[Any]:
         messages: list[Any] = start_messages()
@@ -211,20 +225,30 @@ def plain_loop(turns: int) -> Callable[[str], Awaitable[Sequence[Any]]]:
             )  # fmt: skip
             message = response.choices[0].message
             messages.append(message)
-            if not answer_tools(messages, message):
+            if not await answer(messages, message):
                 return messages
         raise RuntimeError("Too many turns")
 
     return run
 
 
-def answer_tools(messages: list[Any], message: Any) -> bool:
+async def answer_tools(messages: list[Any], message: Any) -> bool:
     """One tool message per tool call of ``message``, as the loop's tool answers; False when it called none."""
     if not message.tool_calls:
         return False
     for call in message.tool_calls:
         result = lookup(**json.loads(call.function.arguments))
         messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
+    return True
+
+
+async def answer_tools_threaded(messages: list[Any], message: Any) -> bool:
+    """`answer_tools`, each call's handler in a thread, the turn's calls gathered."""
+    if not message.tool_calls:
+        return False
+    calls = message.tool_calls
+    results = await asyncio.gather(*(asyncio.to_thread(lookup, **json.loads(c.function.arguments)) for c in calls))
+    messages.extend({"role": "tool", "tool_call_id": c.id, "content": r} for c, r in zip(calls, results))
     return True
 
 
@@ -242,7 +266,7 @@ def kiln_loop(turns: int) -> Callable[[str], Awaitable[Sequence[Any]]]:
                     messages, model=MODEL, tools=TOOLS, api_base=base_url, api_key=API_KEY, num_retries=0,
                     timeout=10,
                 )  # fmt: skip
-                if not answer_tools(messages, response.choices[0].message):
+                if not await answer_tools(messages, response.choices[0].message):
                     return list(messages)
         raise RuntimeError("Too many turns")
 
@@ -306,7 +330,7 @@ def verify(config: str, turns: int, messages: Sequence[Any], spans: list[Any] | 
         raise FailedClaim(f"{config}: exported {len(spans)} spans for one run, expected {expected(turns)}")
     if config in ("kiln-otel", "run_agent"):
         verify_rebuilt(config, messages, spans)
-    elif config != "none":
+    elif config in PEERS:
         if len(spans) < turns:
             raise FailedClaim(f"{config}: exported {len(spans)} spans for a run of {turns} model calls")
         text = last_tool_result(turns)
@@ -325,11 +349,12 @@ def verify_rebuilt(config: str, messages: Sequence[Any], spans: list[Any]) -> No
         raise FailedClaim(f"{config}: the exported run rebuilds to {len(rebuilt)} messages that differ from the run's")
 
 
-def breakdown(base_url: str, turns: int, runs: int, blocks: int = 20) -> dict[str, float]:
+def breakdown(base_url: str, turns: int, runs: int, blocks: int = 20) -> dict[str, Any]:
     """Where kiln-otel's cost goes, without litellm's or the network's noise: one real run's responses
     are recorded, then replayed by a stand-in for ``litellm.acompletion``, and blocks of the plain loop,
     the kiln-otel loop with an exporter that only counts, and the kiln-otel loop with the encoding
-    exporter alternate in this one process. Medians of CPU time per run over the blocks."""
+    exporter alternate in this one process (and ``run_agent`` with it). Medians of CPU time per run
+    over the blocks; then one run's OTLP bytes, attribute by attribute."""
     import litellm
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
@@ -355,7 +380,8 @@ def breakdown(base_url: str, turns: int, runs: int, blocks: int = 20) -> dict[st
     tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(tracer_provider)
     encode = exporter.export
-    plain, kiln = plain_loop(turns), kiln_loop(turns)
+    plain, threaded = plain_loop(turns), plain_loop(turns, threaded=True)
+    kiln, agent = kiln_loop(turns), kiln_run_agent(turns)
 
     def counting(spans: Sequence[Any]) -> Any:
         exporter.spans += len(spans)
@@ -365,9 +391,11 @@ def breakdown(base_url: str, turns: int, runs: int, blocks: int = 20) -> dict[st
         ("none", plain, encode),
         ("kiln", kiln, counting),
         ("kiln+encode", kiln, encode),
+        ("none-threaded", threaded, encode),
+        ("run_agent+encode", agent, encode),
     ]
 
-    async def measure() -> dict[str, float]:
+    async def measure() -> dict[str, Any]:
         samples: dict[str, list[float]] = {name: [] for name, _, _ in variants}
         for block in range(blocks + 2):  # the first two blocks warm up
             for name, run, export in variants:
@@ -375,18 +403,51 @@ def breakdown(base_url: str, turns: int, runs: int, blocks: int = 20) -> dict[st
                 gc.collect()
                 start = time.process_time()
                 for _ in range(runs):
-                    await run("")
+                    await run(base_url)  # replayed: the address only names the server in the attributes
                 tracer_provider.force_flush()
                 if block >= 2:
                     samples[name].append((time.process_time() - start) / runs * 1e6)
-        none, kiln_only, kiln_encoding = (statistics.median(samples[name]) for name, _, _ in variants)
+        none, kiln_only, kiln_encoding, none_threaded, agent = (statistics.median(samples[n]) for n, _, _ in variants)
+        exporter.export = encode  # type: ignore[method-assign]
+        exporter.reset(keep=True)
+        await kiln(base_url)
+        tracer_provider.force_flush()
         return {
             "plain loop, replayed responses (us/run)": round(none, 1),
             "kiln-otel's own code (us/run)": round(kiln_only - none, 1),
             "OTLP protobuf encoding of its spans (us/run)": round(kiln_encoding - kiln_only, 1),
+            "the loop with its tools in threads, over the plain loop (us/run)": round(none_threaded - none, 1),
+            "run_agent over that loop, own code and encoding (us/run)": round(agent - none_threaded, 1),
+            "bytes per run by attribute": bytes_by_attribute(exporter.kept or []),
         }
 
     return asyncio.run(measure())
+
+
+def bytes_by_attribute(spans: list[Any]) -> dict[str, int]:
+    """What each attribute key costs one run's OTLP protobuf: the bytes saved were it left out, on spans
+    and on events alike (the largest first), and the run's total."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.trace import Event, ReadableSpan
+
+    def size(batch: list[Any]) -> int:
+        return len(encode_spans(batch).SerializePartialToString())
+
+    def without(span: Any, key: str) -> ReadableSpan:
+        return ReadableSpan(
+            name=span.name, context=span.context, parent=span.parent, resource=span.resource,
+            attributes={k: v for k, v in (span.attributes or {}).items() if k != key},
+            events=[Event(e.name, {k: v for k, v in e.attributes.items() if k != key}, e.timestamp)
+                    for e in span.events],
+            links=span.links, kind=span.kind, status=span.status, start_time=span.start_time,
+            end_time=span.end_time, instrumentation_scope=span.instrumentation_scope,
+        )  # fmt: skip
+
+    total = size(spans)
+    keys = {key for span in spans for key in (span.attributes or {})}
+    keys |= {key for span in spans for event in span.events for key in event.attributes}
+    saved = {key: total - size([without(span, key) for span in spans]) for key in keys}
+    return {"total": total, **dict(sorted(saved.items(), key=lambda item: -item[1]))}
 
 
 # --- the parent: rounds of fresh workers ------------------------------------------------------------
@@ -458,14 +519,14 @@ def table(configs: list[str], rounds: int, runs: int, turns: int, setup: Setup) 
         for name in configs[shift:] + configs[:shift]:
             samples[name].append(spawn(name, runs, turns, setup))
             print(f"  round {round_number + 1}/{rounds}: {name} {samples[name][-1]}", file=sys.stderr)
-    base = samples["none"]
     rows = []
     for name in configs:
-        mine = samples[name]
+        mine, base = samples[name], samples[CONFIGS[name].baseline]
         rows.append(
             {
                 "configuration": name,
                 "description": CONFIGS[name].description,
+                "baseline": CONFIGS[name].baseline,
                 "wall_ms": round(statistics.median(s["wall_ms"] for s in mine), 2),
                 "cpu_ms": round(statistics.median(s["cpu_ms"] for s in mine), 2),
                 "wall_ratio": spread([s["wall_ms"] / b["wall_ms"] for s, b in zip(mine, base)]),
@@ -480,7 +541,7 @@ def table(configs: list[str], rounds: int, runs: int, turns: int, setup: Setup) 
 def bytes_by_length(configs: list[str], lengths: list[int], setup: Setup) -> list[dict[str, Any]]:
     rows = []
     for name in configs:
-        if name == "none":
+        if name in BASELINES:
             continue
         row: dict[str, Any] = {"configuration": name}
         for turns in lengths:
@@ -521,7 +582,8 @@ def main() -> None:
         print(json.dumps(spawn("breakdown", args.runs, args.turns, Setup(pin, False)), indent=2))
         return
     names = [name for name in args.configs.split(",") if name and name != "none"]
-    configs = available(["none", *names])
+    baselines = [CONFIGS[name].baseline for name in names if name in CONFIGS]
+    configs = available(list(dict.fromkeys(["none", *baselines, *names])))
     try:
         setup = Setup(pin, args.metrics)
         rows = table(configs, args.rounds, args.runs, args.turns, setup)
@@ -542,13 +604,14 @@ def print_report(rows: list[dict[str, Any]], by_length: list[dict[str, Any]], ar
     cpus = "worker pinned to one CPU" if args.pin else "2 CPUs shared with the server"
     print(f"{args.turns}-turn tool-calling run, {args.rounds} rounds x {args.runs} runs, a fresh process each")
     print(f"{sdk}; {cpus}")
-    print("| configuration | wall vs none (min-max) | CPU vs none (min-max) | wall ms/run | spans/run | bytes/run |")
-    print("|---|---|---|---|---|---|")
+    print("| configuration | wall vs baseline (min-max) | CPU vs baseline (min-max) | baseline | wall ms/run "
+          "| spans/run | bytes/run |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         wall, cpu = r["wall_ratio"], r["cpu_ratio"]
         print(
             f"| {r['configuration']} | {wall['median']:.3f} ({wall['min']:.3f}-{wall['max']:.3f}) "
-            f"| {cpu['median']:.3f} ({cpu['min']:.3f}-{cpu['max']:.3f}) | {r['wall_ms']} "
+            f"| {cpu['median']:.3f} ({cpu['min']:.3f}-{cpu['max']:.3f}) | {r['baseline']} | {r['wall_ms']} "
             f"| {r['spans_per_run']} | {r['bytes_per_run']} |"
         )
     if by_length:
