@@ -51,8 +51,6 @@ RedactHook = Callable[[str], str]
 Span = tuple[int, int, str]
 
 _FIELD_GATE = cased(*FIELD_WORDS) + "[A-Za-z0-9_.\\-]*\\\\*[\"']?[ \\t]*[:=]"
-_FIELD = re.compile(FIELD_TRIGGER + r"(?P<rest>[a-z0-9_.\-]*)(?P<close>\\*[\"'])?[ \t]*(?P<sep>[:=])(?![=>:])")
-_SHAPES = tuple((shape, re.compile(shape.pattern)) for shape in SHAPES)
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 _PREVIOUS_WORD = re.compile(r"([A-Za-z]{2,20})[ \t]+$")
 _BARE_TOKEN = re.compile(r"[^\s&,;'\"\\)\]}<>]+")
@@ -123,23 +121,40 @@ def _searches() -> bool:
     return probe is not _never_clean and not probe("x = 1; AKIA rest") and probe("plain words")
 
 
-_RUST = _searches()
-_clean = (
-    _rust_clean_check("|".join([*(f"(?:{shape.prefilter})" for shape in SHAPES), _FIELD_GATE]))
-    if _RUST
-    else _never_clean
-)
-"""The prefilter: True only for text no shape and no field rule can match."""
 _GROUP_SIZE = 8
-_SHAPE_GROUPS = tuple(
-    (
-        _rust_clean_check("|".join(f"(?:{shape.prefilter})" for shape, _ in members)) if _RUST else _never_clean,
-        members,
-    )
-    for members in (_SHAPES[i : i + _GROUP_SIZE] for i in range(0, len(_SHAPES), _GROUP_SIZE))
-)
+_FIELD: re.Pattern[str]
+_SHAPE_GROUPS: tuple[tuple[Callable[[str], bool], tuple[tuple[Shape, re.Pattern[str]], ...]], ...]
 """Shapes in groups, each with its own prefilter: text that passed `_clean` is read only by the
 shapes of the groups whose prefilter fires, not by all of them."""
+
+
+def _compile() -> None:
+    """Build the rules: about 10 ms of regular expressions, paid when the first text is checked rather
+    than by every ``import kiln_otel`` (a process that never redacts never pays). Two threads racing
+    here build the same rules twice; `_clean` is bound last, so whoever sees it sees the rest."""
+    global _FIELD, _SHAPE_GROUPS, _clean
+    rust = _searches()
+    shapes = tuple((shape, re.compile(shape.pattern)) for shape in SHAPES)
+    _FIELD = re.compile(FIELD_TRIGGER + r"(?P<rest>[a-z0-9_.\-]*)(?P<close>\\*[\"'])?[ \t]*(?P<sep>[:=])(?![=>:])")
+    _SHAPE_GROUPS = tuple(
+        (
+            _rust_clean_check("|".join(f"(?:{shape.prefilter})" for shape, _ in members)) if rust else _never_clean,
+            members,
+        )
+        for members in (shapes[i : i + _GROUP_SIZE] for i in range(0, len(shapes), _GROUP_SIZE))
+    )
+    prefilter = "|".join([*(f"(?:{shape.prefilter})" for shape in SHAPES), _FIELD_GATE])
+    _clean = _rust_clean_check(prefilter) if rust else _never_clean
+
+
+def _clean_first(text: str) -> bool:
+    _compile()
+    return _clean(text)
+
+
+_clean: Callable[[str], bool] = _clean_first
+"""The prefilter: True only for text no shape and no field rule can match. Every rule is reached
+through it (`Redactor.__call__`, `Redactor.spans`), so its first call builds them all (`_compile`)."""
 
 
 # --- JSON-aware reading ---------------------------------------------------------------------------

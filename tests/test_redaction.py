@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -127,10 +129,22 @@ def test_forks_count_apart_and_compare_equal() -> None:
 def test_the_prefilter_is_the_rust_engine() -> None:
     """Without it every message would take the slow path; if pydantic_core ever stops searching
     (or is built without the Rust engine) the check below falls back, never lets a secret through."""
-    assert redaction_module._RUST
-    assert redaction_module._clean is not redaction_module._never_clean
+    assert redaction_module._searches()
     assert redaction_module._clean("an ordinary sentence about tokens and keys.")
+    assert redaction_module._clean not in (redaction_module._never_clean, redaction_module._clean_first)
     assert not any(redaction_module._clean(p.text) for p in PLANTED)
+
+
+def test_importing_kiln_otel_builds_no_rule_and_the_first_text_builds_them_all() -> None:
+    """The rules cost ~10 ms to build: an import must not pay it, the first redaction must."""
+    script = (
+        "import kiln_otel, kiln_otel.redaction as r\n"
+        "assert r._clean is r._clean_first and not hasattr(r, '_FIELD')\n"
+        f"assert kiln_otel.Redactor()({PLANTED[0].text!r}) != {PLANTED[0].text!r}\n"
+        "assert r._clean is not r._clean_first and r._FIELD and r._SHAPE_GROUPS\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
 
 
 def test_text_the_prefilter_cannot_read_is_still_masked() -> None:
