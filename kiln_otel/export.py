@@ -45,6 +45,7 @@ from kiln_otel._guard import logger
 from kiln_otel.config import (
     DEFAULT_EXPORT_TIMEOUT_SECONDS,
     SHUTDOWN_SLACK_SECONDS,
+    _number_from_env,
     _warn_once,
     export_timeout,
 )
@@ -153,14 +154,16 @@ def _otlp_endpoint() -> str:
 
 def max_request_bytes_from_env() -> int:
     """``KILN_OTEL_MAX_REQUEST_BYTES``, or the default when unset or not a size we can use (warned once)."""
-    raw = os.environ.get(ENV_MAX_REQUEST_BYTES, "").strip()
-    if not raw:
-        return DEFAULT_MAX_REQUEST_BYTES
-    value = int(raw) if raw.isdigit() and len(raw) < 19 else -1
-    if value < MIN_REQUEST_BYTES:
-        _warn_once(ENV_MAX_REQUEST_BYTES, raw, DEFAULT_MAX_REQUEST_BYTES)
-        return DEFAULT_MAX_REQUEST_BYTES
-    return value
+    return _number_from_env(
+        ENV_MAX_REQUEST_BYTES, DEFAULT_MAX_REQUEST_BYTES, _byte_count, lambda value: value >= MIN_REQUEST_BYTES
+    )
+
+
+def _byte_count(raw: str) -> int:
+    """Plain ASCII digits only: ``str.isdigit`` also takes "²", which ``int`` refuses."""
+    if not (raw.isascii() and raw.isdigit() and len(raw) < 19):
+        raise ValueError(raw)
+    return int(raw)
 
 
 def _exporter(

@@ -285,7 +285,7 @@ def _cap(provider: TracerProvider) -> int:
     return exporter.max_request_bytes
 
 
-@pytest.mark.parametrize("value", ["lots", "100", "-5", "9" * 30])
+@pytest.mark.parametrize("value", ["lots", "100", "-5", "9" * 30, "²"])  # "²" is a digit to str.isdigit, not to int
 def test_a_bad_cap_in_the_environment_warns_and_uses_the_default(
     clean_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, value: str
 ) -> None:
