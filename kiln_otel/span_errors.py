@@ -49,8 +49,6 @@ class RecordedFailure:
 
     exception: BaseException
     span_id: str
-    operation: str | None
-    """The span's ``gen_ai.operation.name``: ``chat``, ``execute_tool``, ``invoke_agent`` (a nested run)."""
     tool: str | None
     """The tool's name when the span is a tool call."""
     traceback: TracebackType | None
@@ -180,8 +178,9 @@ def record_run_failure(
     """`record_failure` for a run span: ``message`` (the user-facing one) as its status description
     and as ``kiln_otel.error.message``, and the stack only where no span below already holds it."""
     elsewhere = failures.find(exc) if failures is not None else None
-    _record(span, exc, redact, message, max_bytes, elsewhere)
-    span.set_attribute(wire.ATTR_ERROR_MESSAGE, bound_text(message, MAX_DESCRIPTION_BYTES, redact)[0])
+    status = _record(span, exc, redact, message, max_bytes, elsewhere)
+    # The status is ``message`` redacted and cut, unless ``message`` is empty (then it is the exception's).
+    span.set_attribute(wire.ATTR_ERROR_MESSAGE, status if message else "")
     log = _current_log.get()
     if log is not None and log is not failures:  # an enclosing run's: this run's record is its inner one
         log.add(_recorded(span, exc))
@@ -194,7 +193,8 @@ def _record(
     description: str | None,
     max_bytes: int,
     elsewhere: RecordedFailure | None,
-) -> None:
+) -> str:
+    """Records the exception event and the status; returns the status description as set."""
     if elsewhere is not None and _outer_frames(exc, elsewhere) is None:
         elsewhere = None
     message, message_size = bound_text(safe_text(exc), max_bytes, redact)
@@ -213,6 +213,7 @@ def _record(
     span.set_attribute(wire.ATTR_ERROR_TYPE, error_type_name(exc))
     status, _ = bound_text(description or message, MAX_DESCRIPTION_BYTES, redact)
     span.set_status(Status(StatusCode.ERROR, status))
+    return status
 
 
 def _recorded(span: Span, exc: BaseException) -> RecordedFailure:
@@ -222,7 +223,6 @@ def _recorded(span: Span, exc: BaseException) -> RecordedFailure:
     return RecordedFailure(
         exception=exc,
         span_id=trace.format_span_id(span.get_span_context().span_id),
-        operation=operation if isinstance(operation, str) else None,
         tool=tool if isinstance(tool, str) and operation == wire.OPERATION_EXECUTE_TOOL else None,
         traceback=exc.__traceback__,
     )
