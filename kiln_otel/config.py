@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -73,6 +73,7 @@ _CAPTURE_VALUES = {
 
 _warned: set[str] = set()
 _Number = TypeVar("_Number", int, float)
+_Choice = TypeVar("_Choice")
 
 
 @dataclass(frozen=True)
@@ -90,15 +91,20 @@ def _warn_once(name: str, value: str, default: object) -> None:
         logger.warning("kiln-otel: ignoring %s=%r (not understood); using %r", name, value, default)
 
 
-def _capture_from_env() -> bool:
-    raw = os.environ.get(ENV_CAPTURE_CONTENT, "").strip()
+def _choice_from_env(name: str, choices: Mapping[str, _Choice], default: _Choice) -> _Choice:
+    """A case-insensitive word from ``choices``; unset is ``default``, anything else warns once and is too."""
+    raw = os.environ.get(name, "").strip()
     if not raw:
-        return True
-    value = _CAPTURE_VALUES.get(raw.lower())
+        return default
+    value = choices.get(raw.lower())
     if value is None:
-        _warn_once(ENV_CAPTURE_CONTENT, raw, True)
-        return True
+        _warn_once(name, raw, default)
+        return default
     return value
+
+
+def _capture_from_env() -> bool:
+    return _choice_from_env(ENV_CAPTURE_CONTENT, _CAPTURE_VALUES, True)
 
 
 def _number_from_env(

@@ -19,9 +19,8 @@ conversation's length.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, Literal
 
 from opentelemetry import trace
 from opentelemetry.trace import Span, Tracer
@@ -29,7 +28,7 @@ from opentelemetry.util.types import AttributeValue
 
 from kiln_otel import wire
 from kiln_otel._guard import guarded
-from kiln_otel.config import ENV_RECORD_CALL_MESSAGES, Settings, _warn_once, resolve_settings
+from kiln_otel.config import ENV_RECORD_CALL_MESSAGES, Settings, _choice_from_env, resolve_settings
 from kiln_otel.error_messages import format_error_message
 from kiln_otel.recorder import Recorder
 from kiln_otel.redaction import masked_count
@@ -56,28 +55,22 @@ RECORD_ALWAYS: Final = "always"
 RECORD_NEVER: Final = "never"
 """No message content on any chat span."""
 CALL_MESSAGES_VALUES: Final = (RECORD_ON_FAILURE, RECORD_ALWAYS, RECORD_NEVER)
+_BY_NAME: Final[dict[str, CallMessages]] = {value: value for value in CALL_MESSAGES_VALUES}
 
 
 def resolve_call_messages(value: str | None = None) -> CallMessages:
     """The argument when given (a value not understood raises), else the environment's."""
     if value is None:
         return call_messages_from_env()
-    normalized = value.strip().lower()
-    if normalized not in CALL_MESSAGES_VALUES:
+    normalized = _BY_NAME.get(value.strip().lower())
+    if normalized is None:
         raise ValueError(f"record_call_messages must be one of {', '.join(CALL_MESSAGES_VALUES)}; got {value!r}")
-    return cast(CallMessages, normalized)
+    return normalized
 
 
 def call_messages_from_env() -> CallMessages:
     """``KILN_OTEL_RECORD_CALL_MESSAGES``, case-insensitive; anything else warns once and is the default."""
-    raw = os.environ.get(ENV_RECORD_CALL_MESSAGES, "").strip()
-    if not raw:
-        return RECORD_ON_FAILURE
-    value = raw.lower()
-    if value not in CALL_MESSAGES_VALUES:
-        _warn_once(ENV_RECORD_CALL_MESSAGES, raw, RECORD_ON_FAILURE)
-        return RECORD_ON_FAILURE
-    return cast(CallMessages, value)
+    return _choice_from_env(ENV_RECORD_CALL_MESSAGES, _BY_NAME, RECORD_ON_FAILURE)
 
 
 def _as_messages(request: object) -> Sequence[Any]:
