@@ -26,6 +26,7 @@ from opentelemetry.sdk.util import BoundedList
 from opentelemetry.trace import Link, Status
 
 from kiln_otel import wire
+from kiln_otel.bounded import utf8_size
 from kiln_otel.encoding import truncate_json
 
 __all__ = [
@@ -70,7 +71,7 @@ def split_requests(spans: Sequence[ReadableSpan], max_bytes: int) -> list[list[R
             requests.append(current)
             current, used = [], 0
         if size > max_bytes:
-            requests.append([fit_span(span, max_bytes)])
+            requests.append([fit_span(span, max_bytes, size)])
             continue
         current.append(span)
         used += size
@@ -89,24 +90,28 @@ def _by_trace(spans: Sequence[ReadableSpan], sizes: Sequence[int]) -> Iterator[t
         yield from members
 
 
-def fit_span(span: ReadableSpan, max_bytes: int) -> ReadableSpan:
+def fit_span(span: ReadableSpan, max_bytes: int, size: int | None = None) -> ReadableSpan:
     """``span`` itself when it fits in a request of ``max_bytes``, else a marked copy that does.
 
-    If even dropping every event leaves it too large (thousands of attributes, huge arrays), the
-    most-cut copy is returned: it goes out alone, and at worst only it is refused.
+    ``size``: the span's `request_size`, when the caller has measured it already (encoding a span
+    over the limit is the expensive part). If even dropping every event leaves it too large
+    (thousands of attributes, huge arrays), the most-cut copy is returned: it goes out alone, and at
+    worst only it is refused.
     """
-    size = request_size([span])
+    if size is None:
+        size = request_size([span])
     if size <= max_bytes:
         return span
     strings = list(_strings(span))
-    lengths = [_utf8_len(text) for _, _, text in strings]
+    lengths = [utf8_size(text) for _, _, text in strings]
     limit = _cut_length(lengths, size - max_bytes + _MARKS_ALLOWANCE)
     while True:
         cut = _rebuild(span, strings, limit, size)
-        if request_size([cut]) <= max_bytes or limit == 0:
-            break
+        if request_size([cut]) <= max_bytes:
+            return cut
+        if limit == 0:
+            return _drop_events_to_fit(cut, max_bytes)
         limit //= 2
-    return _drop_events_to_fit(cut, max_bytes)
 
 
 # --- Which strings, and how short --------------------------------------------------------------
@@ -123,10 +128,6 @@ def _strings(span: ReadableSpan) -> Iterator[tuple[int, str, str]]:
                 yield index, key, value
     if span.status.description:
         yield -1, "", span.status.description
-
-
-def _utf8_len(text: str) -> int:
-    return len(text) if text.isascii() else len(text.encode())
 
 
 def _cut_length(lengths: Sequence[int], excess: int) -> int:
@@ -163,7 +164,7 @@ def _cut_text(text: str, limit: int) -> str:
 def _rebuild(span: ReadableSpan, strings: Sequence[tuple[int, str, str]], limit: int, size: int) -> ReadableSpan:
     cuts: dict[int, dict[str, str]] = {}
     for index, key, text in strings:
-        if _utf8_len(text) > limit:
+        if utf8_size(text) > limit:
             cuts.setdefault(index, {})[key] = text
     total = sum(len(keys) for keys in cuts.values())
     own = cuts.get(-1, {})
@@ -188,7 +189,7 @@ def _cut_event(event: Event, cut: Mapping[str, str], limit: int) -> Event:
     for key, text in cut.items():
         if key == wire.ATTR_MESSAGE_JSON:
             attributes[key] = truncate_json(text, limit)
-            attributes.setdefault(wire.ATTR_MESSAGE_SIZE, _utf8_len(text))
+            attributes.setdefault(wire.ATTR_MESSAGE_SIZE, utf8_size(text))
             attributes[wire.ATTR_MESSAGE_TRUNCATED] = True
         else:
             attributes[key] = _cut_text(text, limit)
