@@ -382,7 +382,8 @@ def _quote_at(text: str, index: int) -> tuple[int, int] | None:
 
 
 def _is_key(text: str, after: int) -> bool:
-    return _skip_blanks(text, after) < len(text) and text[_skip_blanks(text, after)] == ":"
+    index = _skip_blanks(text, after)
+    return index < len(text) and text[index] == ":"
 
 
 def _key_bounds(text: str, match: re.Match[str]) -> tuple[int, int | None]:
@@ -441,13 +442,13 @@ def _group_spans(text: str, lowered: str, members: tuple[tuple[Shape, re.Pattern
         haystack = lowered if shape.ignore_case else text
         if not any(literal in haystack for literal in shape.literals):
             continue
+        group = "secret" if "secret" in pattern.groupindex else 0
         for match in pattern.finditer(text):
             start = match.start()
             if shape.starts_token and start > 0 and text[start - 1].isalnum():
                 continue
             if shape.check is not None and not shape.check(match):
                 continue
-            group = "secret" if "secret" in pattern.groupindex else 0
             spans.append((match.start(group), match.end(group), shape.kind))
     return spans
 
@@ -549,9 +550,10 @@ class Redactor:
         return Redactor(patterns=self._extra, callback=self._callback, replacement=self._replacement)
 
     def __call__(self, text: str) -> str:
-        if self._plain and _clean(text):
+        clean = _clean(text) if self._plain else None
+        if clean:
             return text
-        spans = self.spans(text)
+        spans = self._spans(text, False, clean)
         if spans:
             text = self._apply(text, spans, len(text))
         return self._callback(text) if self._callback is not None else text
@@ -573,10 +575,14 @@ class Redactor:
 
         ``truncated``: ``text`` is the start of a longer text (a value open at its end was cut).
         """
+        return self._spans(text, truncated, None)
+
+    def _spans(self, text: str, truncated: bool, clean: bool | None) -> list[Span]:
+        """`spans`; ``clean`` is the prefilter's answer for ``text`` when the caller already has it."""
         found: list[Span] = []
         for pattern in self._extra:
             found.extend((m.start(), m.end(), "custom") for m in pattern.finditer(text) if m.end() > m.start())
-        if not _clean(text):
+        if not (_clean(text) if clean is None else clean):
             lowered = text.lower()
             if len(lowered) != len(text):  # a few characters lower-case to two: keep offsets aligned
                 lowered = "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
