@@ -403,10 +403,12 @@ def _optional_trace_id(text: str | None) -> str | None:
 
 def _notes(notes: Iterable[str], shown: int = 20) -> None:
     """At most ``shown`` notes: hostile input can have a problem per line."""
+    from kiln_otel.message_text import one_line
+
     count = 0
     for count, note in enumerate(notes, start=1):
         if count <= shown:
-            _note(" ".join(note.split()))
+            _note(one_line(note))
     if count > shown:
         _note(f"... and {count - shown} more")
 

@@ -20,7 +20,7 @@ from kiln_otel import wire
 from kiln_otel.bounded import bound_text, cut_utf8, redacted_head, utf8_size
 from kiln_otel.config import Settings
 from kiln_otel.json_input import loads
-from kiln_otel.message_text import as_text, content_text
+from kiln_otel.message_text import as_text, content_text, one_line
 from kiln_otel.redaction import RedactHook
 
 __all__ = [
@@ -336,7 +336,7 @@ def _cut_strings(value: Any, limit: int, redact: RedactHook | None = None, heads
     if isinstance(value, str):
         if len(value) <= limit:
             return value
-        head = (redacted_head(value, limit, redact) if redact is not None else value)[:limit] + _TRUNCATION_SUFFIX
+        head = redacted_head(value, limit, redact)[:limit] + _TRUNCATION_SUFFIX
         if heads is None:
             return head
         placeholder = f"{_PLACEHOLDER_OPEN}{len(heads)}{_PLACEHOLDER_CLOSE}"
@@ -592,10 +592,10 @@ def message_excerpt(message: Any, role: str | None, calls: str | None = None) ->
 
 def _head(text: str, chars: int = EXCERPT_CHARS) -> str:
     if len(text) <= chars:
-        return " ".join(text.split()) if "\n" in text else text
+        return one_line(text) if "\n" in text else text
     head = text[:chars]
     if "\n" in head:
-        head = " ".join(head.split())
+        head = one_line(head)
     return f"{head}…"
 
 
