@@ -190,12 +190,14 @@ def find_run(spans: Sequence[SpanRecord], trace_id: str | None = None, span_id: 
     one did; otherwise `AmbiguousTraceError` lists them. A run whose span never ended (SIGKILL, a hang)
     is found through its segments (an `UnendedRun`).
     """
-    if not spans:
-        raise TraceNotFoundError("the telemetry holds no spans at all")
     if trace_id is not None:
+        unread = [line.number for line in getattr(spans, "skipped", ()) if trace_id in line.trace_ids]
         spans = [s for s in spans if s.trace_id == trace_id]
         if not spans:
-            raise TraceNotFoundError(f"no span with trace id {trace_id} in the telemetry")
+            hint = f" (line {unread[0]}, which mentions it, could not be read)" if unread else ""
+            raise TraceNotFoundError(f"no span with trace id {trace_id} in the telemetry{hint}")
+    elif not spans:
+        raise TraceNotFoundError("the telemetry holds no spans at all")
     every_run = [s for s in spans if _is_run(s)] + _unended_runs(spans)
     runs = [run for run in every_run if span_id is None or run.span_id == span_id]
     if not runs:
@@ -492,10 +494,6 @@ def reconstruct_trace(
     """
     wanted = _normalize_id(trace_id, 32)
     spans = _without_copies(_as_records(source, wanted))
-    if wanted is not None and not any(span.trace_id == wanted for span in spans):
-        unread = [line.number for line in getattr(spans, "skipped", ()) if wanted in line.trace_ids]
-        hint = f" (line {unread[0]}, which mentions it, could not be read)" if unread else ""
-        raise TraceNotFoundError(f"no span with trace id {wanted} in the telemetry{hint}")
     run = find_run(spans, wanted, _normalize_id(span_id, 16))
     events, run_spans = _list_events(run, spans)
     ordered, issues = _sequence(events)
