@@ -148,6 +148,7 @@ start_jaeger() {
 # (BASE: KILN_OTEL_GATEWAY_SAMPLER_BASE_PORT, default 4400).
 start_sampler() {
   local col="$1" i="$2" base=$((${KILN_OTEL_GATEWAY_SAMPLER_BASE_PORT:-4400} + 10 * $2))
+  samplers+=("127.0.0.1:$base")  # cmd_run's list: the load balancer's routing targets
   (
     export KILN_OTEL_COLLECTOR_GRPC_ENDPOINT="127.0.0.1:$base"
     export KILN_OTEL_COLLECTOR_HTTP_ENDPOINT="127.0.0.1:$((base + 1))"
@@ -175,7 +176,6 @@ cmd_run() {
   if [[ "${1:-}" == gateway ]]; then
     for ((i = 1; i <= ${KILN_OTEL_GATEWAY_SAMPLER_COUNT:-2}; i++)); do
       start_sampler "$col" "$i"
-      samplers+=("127.0.0.1:$((${KILN_OTEL_GATEWAY_SAMPLER_BASE_PORT:-4400} + 10 * i))")
     done
     : "${KILN_OTEL_GATEWAY_GRPC_ENDPOINT:=127.0.0.1:4317}"
     : "${KILN_OTEL_GATEWAY_HTTP_ENDPOINT:=127.0.0.1:4318}"
