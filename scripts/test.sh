@@ -21,8 +21,8 @@ started=$(date +%s)
 bash scripts/backends.sh build >/dev/null
 echo "[test.sh] backends ready in $(( $(date +%s) - started ))s"
 
-.venv/bin/ruff check kiln_otel tests tests_kiln benchmarks
-.venv/bin/ruff format --check kiln_otel tests tests_kiln benchmarks
+.venv/bin/ruff check kiln_otel tests tests_kiln benchmarks scripts
+.venv/bin/ruff format --check kiln_otel tests tests_kiln benchmarks scripts
 .venv/bin/mypy
 export LITELLM_LOCAL_MODEL_COST_MAP=True
 if [[ $# -eq 0 || "${KILN_OTEL_KILN_TESTS:-}" == "1" ]]; then
