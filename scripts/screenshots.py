@@ -3,7 +3,8 @@
     python scripts/screenshots.py --ui-assets PATH [--out docs/img] [--only NAME ...] [--keep]
 
 What it needs (none of it is in CI, which never looks at the UI):
-- the ``screenshots`` extra (selenium): ``pip install -e '.[screenshots]'``;
+- the ``screenshots`` extra: ``pip install -e '.[screenshots]'`` (selenium, plus the dev extra: litellm
+  for the runs, pytest for the tests' Jaeger helpers this script reuses);
 - Debian's ``chromium`` and ``chromium-driver``;
 - the Jaeger binary (``bash scripts/backends.sh build``);
 - a jaeger-ui build of the release the binary pins (v1.76.0 for Jaeger v2.13.0): the Go module serves
@@ -24,18 +25,19 @@ import argparse
 import asyncio
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # the tests' backend helpers start Jaeger here too
+
+from tests.backends import HOST, JAEGER_CONFIG, JaegerReader, _jaeger_process, _start_jaeger, build_backends  # noqa: E402
+
 WINDOW = (1600, 1000)
 SERVICE = "kiln-otel"
 
@@ -43,89 +45,23 @@ SERVICE = "kiln-otel"
 # --- Jaeger with its UI ------------------------------------------------------------------------
 
 
-def _free_ports(count: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            socks.append(sock)
-        return [sock.getsockname()[1] for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
-
-
-def _jaeger_binary() -> str:
-    out = subprocess.run(
-        ["bash", str(REPO / "scripts" / "backends.sh"), "paths", "jaeger"],
-        capture_output=True, text=True, check=True, timeout=60,
-    )  # fmt: skip
-    return out.stdout.strip().splitlines()[-1]
-
-
 @contextmanager
-def jaeger_with_ui(assets: Path, workdir: Path) -> Iterator[tuple[str, str]]:
-    """Jaeger serving ``assets`` as its UI: yields (UI base URL, OTLP/HTTP base URL)."""
-    config = (REPO / "collector-config" / "jaeger.yaml").read_text()
+def jaeger_with_ui(assets: Path, workdir: Path) -> Iterator[tuple[JaegerReader, str]]:
+    """Jaeger serving ``assets`` as its UI (the tests' Jaeger, one config line added): yields a reader
+    of its query API (``jaeger_query_url`` is the UI's base URL) and its OTLP/HTTP base URL."""
+    config = JAEGER_CONFIG.read_text()
     anchor = "  jaeger_query:\n"
     config = config.replace(anchor, f"{anchor}    ui:\n      assets_path: {assets}\n", 1)
     (workdir / "jaeger.yaml").write_text(config)
-    grpc, http, query, query_grpc, health, metrics = _free_ports(6)
-    env = {
-        **os.environ,
-        "KILN_OTEL_JAEGER_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{grpc}",
-        "KILN_OTEL_JAEGER_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{http}",
-        "KILN_OTEL_JAEGER_QUERY_HTTP_ENDPOINT": f"127.0.0.1:{query}",
-        "KILN_OTEL_JAEGER_QUERY_GRPC_ENDPOINT": f"127.0.0.1:{query_grpc}",
-        "KILN_OTEL_JAEGER_HEALTH_ENDPOINT": f"127.0.0.1:{health}",
-        "KILN_OTEL_JAEGER_METRICS_HOST": "127.0.0.1",
-        "KILN_OTEL_JAEGER_METRICS_PORT": str(metrics),
-    }
-    with (workdir / "jaeger.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [_jaeger_binary(), "--config", str(workdir / "jaeger.yaml")],
-            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-    ui = f"http://127.0.0.1:{query}"
+    binaries = build_backends(workdir / "build.log")
+    jaeger, grpc, http, query = _jaeger_process(binaries, workdir, workdir / "jaeger.yaml")
+    reader = JaegerReader()
+    reader.jaeger_query_url = f"http://{HOST}:{query}"
     try:
-        _wait(lambda: _get(f"{ui}/api/services") is not None, 60, "Jaeger's query API")
-        yield ui, f"http://127.0.0.1:{http}"
+        _start_jaeger(jaeger, reader.jaeger_query_url, grpc, 60)
+        yield reader, f"http://{HOST}:{http}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
-def _get(url: str) -> bytes | None:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            body: bytes = response.read()
-            return body
-    except OSError:
-        return None
-
-
-def _wait(ready: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{what}: not ready within {timeout:g} s")
-        time.sleep(0.2)
-
-
-def _wait_for_spans(ui: str, trace_id: str, spans: int) -> None:
-    import json
-
-    def ready() -> bool:
-        body = _get(f"{ui}/api/traces/{trace_id}")
-        data = json.loads(body).get("data") if body else None
-        return bool(data) and len(data[0].get("spans") or []) >= spans
-
-    _wait(ready, 30, f"{spans} spans of trace {trace_id} in Jaeger")
+        jaeger.stop()
 
 
 # --- The runs ------------------------------------------------------------------------------------
@@ -325,14 +261,15 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="kiln-otel-screenshots-") as scratch:
         workdir = Path(scratch)
-        with jaeger_with_ui(args.ui_assets.resolve(), workdir) as (ui, otlp):
+        with jaeger_with_ui(args.ui_assets.resolve(), workdir) as (jaeger, otlp):
+            ui = jaeger.jaeger_query_url
             os.environ.update(
                 OTEL_EXPORTER_OTLP_ENDPOINT=otlp, OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf", OTEL_SERVICE_NAME=SERVICE
             )
             with chromium(workdir) as driver:
                 for name in args.only or SCENARIOS:
                     trace_id, spans = SCENARIOS[name]()
-                    _wait_for_spans(ui, trace_id, spans)
+                    jaeger.fetch_jaeger_legacy(trace_id, timeout=30, min_spans=spans)
                     for path in capture(driver, ui, name, trace_id, args.out):
                         print(f"{name}: {path.relative_to(REPO) if path.is_relative_to(REPO) else path}  ({trace_id})")
             if args.keep:

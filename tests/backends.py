@@ -541,7 +541,9 @@ def _base_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(ours)}
 
 
-def _jaeger_process(binaries: BackendBinaries, workdir: Path) -> tuple[BackendProcess, int, int, int]:
+def _jaeger_process(
+    binaries: BackendBinaries, workdir: Path, config: Path = JAEGER_CONFIG
+) -> tuple[BackendProcess, int, int, int]:
     """Jaeger on free ports: (process, OTLP/gRPC port, OTLP/HTTP port, query port)."""
     grpc, http, query, query_grpc, health, metrics = free_ports(6)
     env = {
@@ -555,7 +557,7 @@ def _jaeger_process(binaries: BackendBinaries, workdir: Path) -> tuple[BackendPr
         "KILN_OTEL_JAEGER_METRICS_HOST": HOST,
         "KILN_OTEL_JAEGER_METRICS_PORT": str(metrics),
     }
-    argv = [str(binaries.jaeger), "--config", str(JAEGER_CONFIG)]
+    argv = [str(binaries.jaeger), "--config", str(config)]
     return BackendProcess("jaeger", argv, env, workdir / "jaeger.log"), grpc, http, query
 
 
