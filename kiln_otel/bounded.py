@@ -12,13 +12,19 @@ from __future__ import annotations
 
 from kiln_otel.redaction import MARGIN, RedactHook, Redactor
 
-__all__ = ["bound_text", "cut_utf8", "redacted_head", "utf8_size"]
+__all__ = ["bound_text", "cut_utf8", "fits_utf8", "redacted_head", "utf8_size"]
 
 _MARK = "…[truncated, {size} bytes]"
 
 
 def utf8_size(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def fits_utf8(text: str, max_bytes: int) -> bool:
+    """Whether ``text`` is at most ``max_bytes`` in UTF-8; text of a quarter of that many characters
+    fits without being encoded (a character is at most 4 bytes)."""
+    return len(text) <= max_bytes // 4 or utf8_size(text) <= max_bytes
 
 
 def cut_utf8(text: str, max_bytes: int) -> str:
@@ -54,17 +60,21 @@ def bound_text(text: str, max_bytes: int, redact: RedactHook | None) -> tuple[st
     size = utf8_size(text) if len(text) <= max_bytes else None
     if size is not None and size <= max_bytes:
         masked = redact(text) if redact is not None else text
-        if len(masked) <= max_bytes // 4 or utf8_size(masked) <= max_bytes:
+        if fits_utf8(masked, max_bytes):
             return masked, None
         # The masks made it longer than the budget; it holds no secret any more, so cut it plainly.
         return _with_mark(masked, max_bytes, size), size
-    size = utf8_size(text)
-    mark = _MARK.format(size=size)
-    keep = max(max_bytes - utf8_size(mark), 0)
-    head = cut_utf8(redacted_head(text, keep, redact), keep)
-    return head + mark if utf8_size(mark) <= max_bytes else cut_utf8(mark, max_bytes), size
+    if size is None:
+        size = utf8_size(text)
+    keep = max(max_bytes - utf8_size(_MARK.format(size=size)), 0)
+    return _with_mark(redacted_head(text, keep, redact), max_bytes, size), size
 
 
 def _with_mark(text: str, max_bytes: int, size: int) -> str:
+    """``text`` cut to leave room for the mark saying the original had ``size`` bytes; the mark
+    alone, cut, when even it does not fit."""
     mark = _MARK.format(size=size)
-    return cut_utf8(text, max(max_bytes - utf8_size(mark), 0)) + mark
+    mark_size = utf8_size(mark)
+    if mark_size > max_bytes:
+        return cut_utf8(mark, max_bytes)
+    return cut_utf8(text, max_bytes - mark_size) + mark

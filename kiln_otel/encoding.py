@@ -17,7 +17,7 @@ import orjson
 import pydantic_core
 
 from kiln_otel import wire
-from kiln_otel.bounded import bound_text, cut_utf8, redacted_head, utf8_size
+from kiln_otel.bounded import bound_text, cut_utf8, fits_utf8, redacted_head, utf8_size
 from kiln_otel.config import Settings
 from kiln_otel.json_input import loads
 from kiln_otel.message_text import as_text, content_text, one_line
@@ -287,13 +287,12 @@ def bound_json(text: str, budget: int, redact: RedactHook | None) -> str:
     fitted = _fit_strings(value, budget)
     if fitted is None:
         return _head_as_json(text, budget, redact)
-    heads: dict[str, str] = {}
-    if _PLACEHOLDER_OPEN in text:  # placeholders would be ambiguous: mask the cut strings in place
-        masked = redact(_dumps(_cut_strings(value, fitted[0], redact)))
-    else:
-        masked = redact(_dumps(_cut_strings(value, fitted[0], redact, heads)))
-        for placeholder, head in heads.items():
-            masked = masked.replace(placeholder, _dumps(head)[1:-1], 1)
+    # Cut strings go behind placeholders, put back after the whole is masked; where the text holds
+    # something placeholder-like they would be ambiguous, so the cut strings are masked in place.
+    heads: dict[str, str] | None = None if _PLACEHOLDER_OPEN in text else {}
+    masked = redact(_dumps(_cut_strings(value, fitted[0], redact, heads)))
+    for placeholder, head in (heads or {}).items():
+        masked = masked.replace(placeholder, _dumps(head)[1:-1], 1)
     return masked if utf8_size(masked) <= budget else truncate_json(masked, budget)
 
 
@@ -524,7 +523,7 @@ def _recorded_text(raw: bytes, text: str, budget: int, redact: RedactHook | None
     if redact is not None:
         masked = redact(text)
         if masked is not text and masked != text:
-            if len(masked) > budget // 4 and utf8_size(masked) > budget:  # masks made it longer than the budget
+            if not fits_utf8(masked, budget):  # the masks made it longer than the budget
                 return truncate_json(masked, budget), True, True
             return masked, False, True
     return text, False, False
